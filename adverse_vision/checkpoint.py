@@ -1,0 +1,111 @@
+"""Checkpoints: orbax CheckpointManager over the train state and the data iterator.
+
+A checkpoint holds two items: ``state`` (the train state pytree) and ``data`` (the
+grain iterator's position, one JSON file per process). Saves are asynchronous. The
+last ``keep`` checkpoints are kept, plus the best one by a validation metric.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or does not fit the run restoring it."""
+
+
+class Checkpointer:
+    """Saves and restores ``(state, data iterator)`` under ``directory``.
+
+    Args:
+      directory: where the numbered step folders live.
+      keep: how many of the latest checkpoints to keep.
+      best_metric: metric name that ranks checkpoints (higher is better); the best
+        one is kept in addition to the latest ``keep``.
+      use_async: save in a background thread.
+    """
+
+    def __init__(self, directory: str, keep: int = 3, best_metric: str = "val/mAP",
+                 use_async: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric
+        policy = ocp_managers.AnyPreservationPolicy([
+            ocp_managers.LatestN(n=keep),
+            ocp_managers.BestN(get_metric_fn=self._metric, reverse=False, n=1,
+                               keep_checkpoints_without_metrics=False),
+        ])
+        # best_fn makes the manager store each step's metrics (read back by best_step).
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, best_fn=self._metric, best_mode="max",
+            enable_async_checkpointing=use_async, create=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data"))
+
+    def _metric(self, metrics: Any) -> float:
+        return float(metrics.get(self.best_metric, float("-inf")))
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def best_step(self) -> Optional[int]:
+        """The saved step with the highest ``best_metric``; None when none has one."""
+        best, best_value = None, float("-inf")
+        for step in self._manager.all_steps():
+            metrics = self._manager.metrics(step)
+            if metrics and self.best_metric in metrics and self._metric(metrics) > best_value:
+                best, best_value = step, self._metric(metrics)
+        return best
+
+    def save(self, step: int, state: Any, iterator: Any = None,
+             metrics: Optional[dict[str, float]] = None, force: bool = True) -> bool:
+        items = {"state": ocp.args.StandardSave(state)}
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(iterator)
+        # Steps without an evaluation store empty metrics: they rank last for "best".
+        clean = {k: float(v) for k, v in (metrics or {}).items()}
+        return self._manager.save(step, args=ocp.args.Composite(**items), metrics=clean,
+                                  force=force)
+
+    def restore(self, state_template: Any, iterator: Any = None,
+                step: Optional[int] = None) -> tuple[Any, int]:
+        """Restores into the structure, shapes and shardings of ``state_template``.
+
+        ``step`` defaults to the latest. The iterator, when given, is restored in place.
+        """
+        if step is None:
+            step = self.latest_step()
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(_abstract, state_template)
+        items = {"state": ocp.args.StandardRestore(abstract)}
+        if iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} does not fit this run "
+                f"(different model or config?): {str(e).splitlines()[0][:400]}") from e
+        return restored["state"], step
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _abstract(x: Any) -> Any:
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x

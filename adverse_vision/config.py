@@ -1,0 +1,227 @@
+"""Shared configuration pieces and validation of a config before any work starts.
+
+Every config file under ``configs/`` builds on :func:`base_config`, which holds every
+key the trainer knows with its default. :func:`validate` rejects unknown or mistyped
+keys (naming them, with the closest known key) and inconsistent values, before
+anything is compiled.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+import ml_collections
+
+from adverse_vision import degrade as degrade_lib
+
+METHODS = ("detection",)
+DATASETS = ("scenes", "voc", "coco", "tfds")
+MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
+DTYPES = ("float32", "bfloat16")
+LOSS_VARIANTS = ("yolox", "togethernet")
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names the key."""
+
+
+def _degrade(name: str = "haze", **params: Any) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"name": name, **params})
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run may set, with its default."""
+    c = ml_collections.ConfigDict()
+    c.method = "detection"
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 16  # global, over all hosts and devices
+    c.image_size = 320
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.log_every = 50
+    c.keep_checkpoints = 3
+    c.eval_batch_size = 0  # 0: same as batch_size
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "yolox"
+    c.model.size = "s"
+    c.model.depth = 0.0  # >0 overrides the size's depth multiplier
+    c.model.width = 0.0  # >0 overrides the size's width multiplier
+    c.model.act = "silu"
+    c.model.dtype = "float32"  # compute dtype; parameters and losses stay float32
+    c.model.loss = "yolox"  # or "togethernet"
+    c.model.l1_from_fraction = 1.0  # stock YOLOX turns on L1 for the last epochs
+    c.model.conf_threshold = 0.001
+    c.model.nms_iou = 0.65
+    c.model.max_detections = 100
+    c.model.init_from = ""  # checkpoint directory to start from
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "scenes"
+    c.data.class_names = ("person", "bicycle", "car", "motorbike", "bus")
+    c.data.seed = 0  # scenes only: which scenes are rendered (independent of the run seed)
+    c.data.num_train = 4096  # scenes only
+    c.data.num_val = 256  # scenes only
+    c.data.scene_size = 256  # scenes only: rendered image side
+    c.data.root = ""  # voc / coco image folders / tfds data_dir
+    c.data.train_split = "trainval"
+    c.data.val_split = "test"
+    c.data.train_annotations = ""  # coco: annotation JSON files
+    c.data.val_annotations = ""
+    c.data.tfds_name = ""
+    c.data.class_map = ml_collections.ConfigDict()  # dataset name -> config class name
+    c.data.max_boxes = 50
+    c.data.num_workers = 2
+    c.data.degrade = _degrade("haze", A=(0.5, 0.5), beta=(0.05, 0.14))
+    c.data.val_degrade = _degrade("haze", A=(0.5, 0.5), beta=(0.05, 0.14))
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.flip = 0.5
+    c.data.augment.scale = (0.75, 1.25)
+    c.data.augment.jitter = 0.2
+    c.data.augment.hsv = (0.1, 0.7, 0.4)
+    c.data.on_bad_box = "clip"  # clip | skip | error
+    c.data.on_unknown_class = "skip"  # skip | error
+    c.data.on_empty = "keep"  # keep | skip
+    c.data.on_missing_image = "skip"  # skip | error
+    c.data.on_bad_annotation = "skip"  # skip | error
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"
+    c.optimizer.base_lr = 0.01  # per 64 images; scaled by batch_size / 64
+    c.optimizer.momentum = 0.937
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.warmup_fraction = 0.03
+    c.optimizer.warmup_start = 0.1  # warm-up starts at this fraction of the lr
+    c.optimizer.min_lr_ratio = 0.01
+    c.optimizer.final_hold_fraction = 0.15  # held at the minimum lr at the end
+    c.optimizer.grad_clip = 0.0  # 0: off
+    c.optimizer.ema_decay = 0.0  # 0: off; YOLOX uses 0.9998
+    return c
+
+
+def walk(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        yield path, value
+        if isinstance(value, ml_collections.ConfigDict) and not _is_free(path):
+            yield from walk(value, path + ".")
+
+
+# Sub-dicts whose keys are data, not schema: checked by their own rules.
+_FREE = ("data.degrade", "data.val_degrade", "data.class_map")
+
+
+def _is_free(path: str) -> bool:
+    return path in _FREE
+
+
+def suggest(path: str, known: Iterable[str]) -> str:
+    """' (did you mean ...?)' for the closest known key, preferring siblings of ``path``."""
+    known = list(known)
+    parent, _, leaf = path.rpartition(".")
+    siblings = [k for k in known if k.rpartition(".")[0] == parent]
+    leaves = {k.rpartition(".")[2]: k for k in siblings}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in leaves if leaf and leaf in name][:1]
+    if close:
+        return f" (did you mean '{leaves[close[0]]}'?)"
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_choice(cfg, path: str, choices: Iterable[str]) -> None:
+    value = _get(cfg, path)
+    if value not in choices:
+        raise ConfigError(f"config key '{path}' is {value!r}; expected one of {tuple(choices)}")
+
+
+def _get(cfg, path: str) -> Any:
+    for part in path.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _check_degrade(cfg, path: str) -> None:
+    spec = dict(_get(cfg, path))
+    name = spec.pop("name", None)
+    if name not in degrade_lib.DEGRADATIONS:
+        raise ConfigError(
+            f"config key '{path}.name' is {name!r}; expected one of {degrade_lib.DEGRADATIONS}")
+    # Depth comes from the data (scene depth or the VOC-FOG map), not from the config.
+    allowed = set(degrade_lib.parameters(name)) - {"depth"}
+    for key in spec:
+        if key not in allowed:
+            raise ConfigError(
+                f"config key '{path}.{key}' is not a parameter of degradation '{name}'"
+                f"{suggest(key, allowed)}; known: {sorted(allowed)}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every key and the values the trainer relies on; raises ConfigError."""
+    reference = base_config()
+    known = dict(walk(reference))
+    for path, value in walk(cfg):
+        if path not in known:
+            raise ConfigError(f"unknown config key '{path}'{suggest(path, known)}")
+        ref = known[path]
+        if isinstance(ref, ml_collections.ConfigDict) != isinstance(value, ml_collections.ConfigDict):
+            raise ConfigError(f"config key '{path}' must be a {'group' if isinstance(ref, ml_collections.ConfigDict) else 'value'}")
+    for path in ("seed", "total_steps", "batch_size", "image_size", "eval_every",
+                 "checkpoint_every", "log_every", "model", "data", "optimizer"):
+        if path not in cfg:
+            raise ConfigError(f"config key '{path}' is missing")
+    _check_choice(cfg, "method", METHODS)
+    _check_choice(cfg, "data.name", DATASETS)
+    _check_choice(cfg, "model.dtype", DTYPES)
+    _check_choice(cfg, "model.loss", LOSS_VARIANTS)
+    _check_choice(cfg, "optimizer.name", ("sgd", "adamw"))
+    _check_choice(cfg, "model.size", MODEL_SIZES)
+    for key in ("total_steps", "batch_size", "image_size", "eval_every", "checkpoint_every", "log_every"):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {cfg[key]!r}")
+    if cfg.image_size % 32:
+        raise ConfigError(f"config key 'image_size' must be a multiple of 32, got {cfg.image_size}")
+    for path in ("data.on_bad_box",):
+        _check_choice(cfg, path, ("clip", "skip", "error"))
+    _check_choice(cfg, "data.on_unknown_class", ("skip", "error"))
+    _check_choice(cfg, "data.on_empty", ("keep", "skip"))
+    _check_choice(cfg, "data.on_missing_image", ("skip", "error"))
+    _check_choice(cfg, "data.on_bad_annotation", ("skip", "error"))
+    _check_degrade(cfg, "data.degrade")
+    _check_degrade(cfg, "data.val_degrade")
+    return cfg
+
+
+def apply_variant_tokens(cfg: ml_collections.ConfigDict, arg: str,
+                         recipes: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Applies a config file's ``:variant`` argument, a comma-separated token list.
+
+    A token is one of the file's ``recipes`` (a function editing the config), a model
+    size, ``bf16`` (bfloat16 compute) or ``clear`` (no degradation). Recipes run first,
+    so ``tiny,bf16`` or ``smoke,s`` compose.
+    """
+    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+    known = sorted(set(recipes) | set(MODEL_SIZES) | {"bf16", "clear"})
+    for token in tokens:
+        if token not in known:
+            raise ConfigError(f"unknown config variant '{token}'{suggest(token, known)}; "
+                              f"known: {known}")
+    for token in tokens:
+        if token in recipes:
+            recipes[token](cfg)
+    for token in tokens:
+        if token in recipes:
+            continue
+        if token in MODEL_SIZES:
+            cfg.model.size = token
+            cfg.model.depth = cfg.model.width = 0.0
+        elif token == "bf16":
+            cfg.model.dtype = "bfloat16"
+        elif token == "clear":
+            cfg.data.degrade = _degrade("none")
+            cfg.data.val_degrade = _degrade("none")
+    return validate(cfg)

@@ -1,0 +1,466 @@
+"""The grain input pipeline: source records -> degraded, letterboxed, padded batches.
+
+Training::
+
+  MapDataset.source(source)          records, tagged with their global index
+    [process_index::process_count]   this host's share (equal length on all hosts)
+    .shuffle(seed)                   a new order every epoch
+    .repeat(num_epochs)              None: forever
+    .random_map(...)                 augment -> letterbox -> degrade -> pack
+    .batch(batch_size)
+    .to_iter_dataset()
+    .mp_prefetch(num_workers)        when num_workers > 0
+
+Evaluation: no shuffle, no augmentation, one pass; the degradation of sample ``i``
+is drawn from a generator seeded by ``(seed, i)``, so the validation fog is the same
+in every evaluation and on any number of hosts. Every host yields the same number
+of batches; the tail is filled with padding samples whose ``valid`` is False, so
+each sample is seen exactly once with static shapes.
+
+Random numbers: training samples get grain's per-element generator, seeded from
+``(seed, process_index)`` and the element's position in the stream, so batches are
+reproducible and independent of ``num_workers``.
+
+Batches follow the contract in the package docs (``image`` degraded, ``clean``,
+``boxes``/``classes``/``box_mask``/``difficult`` padded to ``max_boxes``,
+``valid``, ``scale``, ``offset``, ``orig_size`` and the aligned ``depth``,
+``mask``, ``thermal`` when the source has them) plus two int32 extras:
+
+* ``index`` (B,): the global source index of each sample (-1 for eval padding),
+* ``boxes_dropped`` (B,): boxes beyond ``max_boxes`` that were discarded (the
+  largest ``max_boxes`` boxes by area are kept).
+
+Degradation specs: ``{"name": "haze", "A": ..., "beta": ...}`` calls
+``adverse_vision.degrade.apply(name, image01, rng, **params)``; ``{"name": "none"}``
+(or None) keeps the clean image; a list of specs picks one per sample uniformly.
+Haze receives the record's ``depth`` when there is one (else the degradation
+module's own default depth). Degradations are applied to the real-pixel part of
+the letterboxed image only: padding stays the same grey in ``image`` and
+``clean``. Records that already carry a degraded twin (``hazy``) use it instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import json
+import math
+from typing import Any
+
+import grain
+import numpy as np
+
+from adverse_vision.data import augment as aug
+
+# Optional aligned arrays that are carried into the batch when the source has them.
+OPTIONAL_KEYS = ("depth", "mask", "thermal")
+_INDEX_KEY = "_index"
+_PAD_KEY = "_pad"
+_EVAL_STREAM = 0x5EED_E7A1  # separates eval draws from anything else seeded by `seed`
+
+
+# ----------------------------------------------------------------------------
+# Degradation specs.
+
+
+def _plain(spec: Any) -> dict[str, Any]:
+    if hasattr(spec, "to_dict"):  # ml_collections.ConfigDict
+        spec = spec.to_dict()
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"degrade spec must be a dict with a 'name', got {type(spec).__name__}: {spec!r}"
+        )
+    spec = dict(spec)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"degrade spec {spec!r}: missing or empty 'name'")
+    return spec
+
+
+def normalize_degrade(degrade: Any) -> list[dict[str, Any]]:
+    """Degradation config -> non-empty list of specs (each a plain dict with 'name')."""
+    if degrade is None:
+        return [{"name": "none"}]
+    if isinstance(degrade, (list, tuple)):
+        if not degrade:
+            raise ValueError("degrade: an empty list of specs; use {'name': 'none'} for none")
+        return [_plain(s) for s in degrade]
+    return [_plain(degrade)]
+
+
+def _degrade_module():
+    try:
+        from adverse_vision import degrade as degrade_lib  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ValueError(
+            f"degradations need adverse_vision.degrade, which failed to import: {e}"
+        ) from e
+    return degrade_lib
+
+
+def _check_degrade_specs(specs: list[dict[str, Any]]) -> None:
+    """Runs each spec once on a tiny image so a bad name/parameter fails at build time."""
+    probe = np.full((8, 8, 3), 0.5, np.float32)
+    for spec in specs:
+        if spec["name"] == "none":
+            if len(spec) > 1:
+                raise ValueError(f"degrade spec {spec!r}: 'none' takes no parameters")
+            continue
+        params = {k: v for k, v in spec.items() if k != "name"}
+        try:
+            out = _degrade_module().apply(spec["name"], probe, np.random.default_rng(0), **params)
+        except ValueError as e:
+            raise ValueError(f"degrade spec {spec!r}: {e}") from e
+        except TypeError as e:
+            raise ValueError(f"degrade spec {spec!r}: bad parameters ({e})") from e
+        if np.shape(out) != probe.shape:
+            raise ValueError(
+                f"degrade spec {spec!r}: returned shape {np.shape(out)} for input {probe.shape}"
+            )
+
+
+# ----------------------------------------------------------------------------
+# Per-sample processing (runs in grain workers; everything here must pickle).
+
+
+class _AttachIndex:
+    """Tags a record with its source index (grain passes ``epoch * n + i`` after
+    ``repeat``, hence the modulo)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
+        index = int(index) % self.n
+        if not isinstance(record, Mapping):
+            raise ValueError(
+                f"source element {index} must be a dict record, got {type(record).__name__}"
+            )
+        out = dict(record)
+        out[_INDEX_KEY] = index
+        return out
+
+
+class _Processor:
+    """augment -> letterbox -> degrade -> pack, shared by train and eval."""
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        max_boxes: int,
+        augment_cfg: dict[str, Any] | None,
+        degrade_specs: list[dict[str, Any]],
+        optional_keys: tuple[str, ...],
+    ):
+        self.image_size = image_size
+        self.max_boxes = max_boxes
+        self.augment_cfg = augment_cfg
+        self.degrade_specs = degrade_specs
+        self.optional_keys = optional_keys
+
+    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        record = dict(record)
+        index = int(record.pop(_INDEX_KEY, -1))
+        pad = bool(record.pop(_PAD_KEY, False))
+        name = record.get("id", f"index {index}")
+        if "boxes" in record and "classes" not in record:
+            raise ValueError(f"record {name}: has 'boxes' but no 'classes'")
+        if self.augment_cfg is not None and not pad:
+            scale_on = self.augment_cfg["scale"] is not None
+            record = aug.augment(
+                record, rng, self.augment_cfg, out_size=self.image_size if scale_on else None
+            )
+        record = aug.letterbox(record, self.image_size)
+        clean = record["image"]
+        if "hazy" in record:
+            degraded = np.asarray(record["hazy"])
+        else:
+            degraded = self._degrade(record, rng)
+        return self._pack(record, clean, degraded, index, pad)
+
+    def _degrade(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        specs = self.degrade_specs
+        spec = specs[0] if len(specs) == 1 else specs[int(rng.integers(len(specs)))]
+        clean = record["image"]
+        if spec["name"] == "none":
+            return clean
+        y0, x0, y1, x1 = (int(v) for v in record[aug.WINDOW_KEY])
+        if y1 <= y0 or x1 <= x0:
+            return clean
+        params = {k: v for k, v in spec.items() if k != "name"}
+        if spec["name"] == "haze" and "depth" in record:
+            params["depth"] = np.asarray(record["depth"], np.float32)[y0:y1, x0:x1]
+        crop = clean[y0:y1, x0:x1].astype(np.float32) / 255.0
+        out = np.asarray(_degrade_module().apply(spec["name"], crop, rng, **params), np.float32)
+        if out.shape != crop.shape:
+            raise ValueError(
+                f"degradation {spec['name']!r} returned shape {out.shape} for input {crop.shape}"
+            )
+        degraded = clean.copy()
+        degraded[y0:y1, x0:x1] = np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+        return degraded
+
+    def _pack(self, record, clean, degraded, index, pad) -> dict[str, Any]:
+        s, m = self.image_size, self.max_boxes
+        boxes = np.asarray(record.get("boxes", np.zeros((0, 4), np.float32)), np.float32)
+        n = boxes.shape[0]
+        classes = np.asarray(record.get("classes", np.zeros((n,), np.int32)), np.int32)
+        difficult = np.asarray(record.get("difficult", np.zeros((n,), bool)), bool)
+        if pad:
+            n = 0
+        dropped = max(0, n - m)
+        if dropped:
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            keep = np.sort(np.argsort(-area, kind="stable")[:m])
+        else:
+            keep = np.arange(n)
+        k = keep.shape[0]
+        out_boxes = np.zeros((m, 4), np.float32)
+        out_classes = np.zeros((m,), np.int32)
+        out_difficult = np.zeros((m,), bool)
+        box_mask = np.zeros((m,), bool)
+        out_boxes[:k] = boxes[keep]
+        out_classes[:k] = classes[keep]
+        out_difficult[:k] = difficult[keep]
+        box_mask[:k] = True
+        out = {
+            "image": np.asarray(degraded, np.uint8),
+            "clean": np.asarray(clean, np.uint8),
+            "boxes": out_boxes,
+            "classes": out_classes,
+            "box_mask": box_mask,
+            "difficult": out_difficult,
+            "valid": np.asarray(bool(record.get("valid", True)) and not pad),
+            "scale": np.asarray(record["scale"], np.float32),
+            "offset": np.asarray(record["offset"], np.float32),
+            "orig_size": np.asarray(record["orig_size"], np.int32),
+            "index": np.asarray(-1 if pad else index, np.int32),
+            "boxes_dropped": np.asarray(dropped, np.int32),
+        }
+        defaults = {
+            "depth": lambda: np.ones((s, s), np.float32),
+            "mask": lambda: np.full((s, s), aug.MASK_IGNORE, np.uint8),
+            "thermal": lambda: np.zeros((s, s, 1), np.uint8),
+        }
+        dtypes = {"depth": np.float32, "mask": np.uint8, "thermal": np.uint8}
+        for key in self.optional_keys:
+            out[key] = np.asarray(record[key], dtypes[key]) if key in record else defaults[key]()
+        return out
+
+
+class _TrainMap(grain.transforms.RandomMap):
+    def __init__(self, processor: _Processor):
+        self.processor = processor
+
+    def random_map(self, element, rng: np.random.Generator):
+        return self.processor(element, rng)
+
+
+class _EvalMap(grain.transforms.Map):
+    """Deterministic per-sample processing: the generator is seeded by (seed, index)."""
+
+    def __init__(self, processor: _Processor, seed: int):
+        self.processor = processor
+        self.seed = seed
+
+    def map(self, element):
+        index = int(element.get(_INDEX_KEY, -1))
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _EVAL_STREAM, index + 1]))
+        return self.processor(element, rng)
+
+
+class _PaddedShard:
+    """``i`` -> this host's ``i``-th record, or a padding record past its share."""
+
+    def __init__(self, indexed: grain.MapDataset, indices: np.ndarray):
+        self.indexed = indexed
+        self.indices = indices
+
+    def __call__(self, i: int) -> dict[str, Any]:
+        n = len(self.indices)
+        if i < n:
+            return self.indexed[int(self.indices[i])]
+        record = dict(self.indexed[int(self.indices[i % n]) if n else 0])
+        record[_PAD_KEY] = True
+        return record
+
+
+# ----------------------------------------------------------------------------
+# Pipeline construction.
+
+
+def num_eval_batches(num_samples: int, batch_size: int, process_count: int = 1) -> int:
+    """Batches per host of an evaluation pipeline (the same on every host)."""
+    per_host = math.ceil(num_samples / process_count)
+    return math.ceil(per_host / batch_size)
+
+
+def _ensure_flags_parsed() -> None:
+    # grain's multiprocess prefetch reads an absl flag; outside an absl app the
+    # flags are unparsed and that read raises. Mark them parsed (defaults).
+    from absl import flags  # pylint: disable=import-outside-toplevel
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"make_pipeline: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def make_pipeline(
+    source: Any,
+    *,
+    batch_size: int,
+    image_size: int,
+    max_boxes: int,
+    train: bool,
+    seed: int = 0,
+    degrade: Any = None,
+    augment: Mapping[str, Any] | None = None,
+    num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool = True,
+    num_epochs: int | None = None,
+    read_threads: int = 2,
+    prefetch_batches: int = 2,
+) -> grain.IterDataset:
+    """Builds the input pipeline over a random-access ``source``.
+
+    Args:
+      source: ``len(source)`` and ``source[i]`` -> sample record (a grain
+        RandomAccessDataSource).
+      batch_size: per-host batch size.
+      image_size: letterbox side S.
+      max_boxes: boxes per sample after padding (M).
+      train: shuffled, repeated, augmented stream; else a single padded eval pass.
+      seed: seeds the shuffle, the augmentation and the degradations.
+      degrade: one spec ``{"name": ..., **params}``, a list of specs (one picked per
+        sample), or None / ``{"name": "none"}`` for clean inputs.
+      augment: training augmentation config (``augment.DEFAULT_AUGMENT`` keys
+        override the defaults; None = the defaults). Ignored for eval.
+      num_workers: grain worker processes (0: in this process, with
+        ``read_threads`` threads).
+      process_index, process_count: this host's slot; default from JAX.
+      drop_remainder: training only; eval always pads its last batch.
+      num_epochs: training epochs (None: forever). Eval is always one pass.
+      read_threads: threads per process that read and process batches.
+      prefetch_batches: batches buffered ahead per process.
+
+    Returns:
+      A ``grain.IterDataset``; ``iter()`` on it gives a checkpointable
+      ``grain.DatasetIterator`` (see :func:`get_state` / :func:`set_state`).
+    """
+    batch_size = _positive_int("batch_size", batch_size)
+    image_size = _positive_int("image_size", image_size)
+    max_boxes = _positive_int("max_boxes", max_boxes)
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, (int, np.integer))
+        or num_workers < 0
+    ):
+        raise ValueError(f"make_pipeline: num_workers must be an int >= 0, got {num_workers!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"make_pipeline: seed must be an int >= 0, got {seed!r}")
+    if num_epochs is not None:
+        num_epochs = _positive_int("num_epochs", num_epochs)
+    if process_index is None or process_count is None:
+        import jax  # pylint: disable=import-outside-toplevel
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    process_count = _positive_int("process_count", process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"make_pipeline: process_index must be in [0, {process_count}), got {process_index}"
+        )
+    if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
+        raise ValueError(
+            f"make_pipeline: source {type(source).__name__} needs __len__ and __getitem__"
+        )
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"make_pipeline: source {type(source).__name__} is empty")
+
+    first = source[0]
+    if not isinstance(first, Mapping):
+        raise ValueError(
+            f"make_pipeline: source {type(source).__name__} must return dict records,"
+            f" got {type(first).__name__}"
+        )
+    aug.check_record(first)
+    optional_keys = tuple(k for k in OPTIONAL_KEYS if k in first)
+    specs = normalize_degrade(degrade)
+    _check_degrade_specs(specs)
+    if hasattr(augment, "to_dict"):
+        augment = augment.to_dict()
+    augment_cfg = aug.augment_config(augment) if train else None
+    processor = _Processor(
+        image_size=image_size,
+        max_boxes=max_boxes,
+        augment_cfg=augment_cfg,
+        degrade_specs=specs,
+        optional_keys=optional_keys,
+    )
+
+    indexed = grain.MapDataset.source(source).map_with_index(_AttachIndex(n))
+    if train:
+        per_host = n // process_count
+        if per_host == 0:
+            raise ValueError(
+                f"make_pipeline: {n} samples cannot be split over {process_count} processes"
+            )
+        ds = indexed[process_index::process_count]
+        if process_count > 1:
+            # Equal shares, so every host runs the same number of steps per epoch.
+            ds = ds[:per_host]
+        shuffle_seed, map_seed = (
+            int(v) for v in np.random.SeedSequence([seed, process_index]).generate_state(2)
+        )
+        ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+        ds = ds.random_map(_TrainMap(processor), seed=map_seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        indices = np.arange(process_index, n, process_count)
+        total = num_eval_batches(n, batch_size, process_count) * batch_size
+        ds = grain.MapDataset.range(total).map(_PaddedShard(indexed, indices))
+        ds = ds.map(_EvalMap(processor, int(seed)))
+        ds = ds.batch(batch_size, drop_remainder=False)
+
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    )
+    if num_workers > 0:
+        _ensure_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers)))
+    return it_ds
+
+
+# ----------------------------------------------------------------------------
+# Iterator state.
+
+
+def get_state(iterator: grain.DatasetIterator) -> bytes:
+    """The iterator's position as JSON bytes (restorable by :func:`set_state`).
+
+    A state is tied to the pipeline's shape: restore it into a pipeline built
+    with the same source, seed, batch size, process slot and ``num_workers``.
+    """
+    return json.dumps(iterator.get_state(), sort_keys=True).encode("utf-8")
+
+
+def set_state(iterator: grain.DatasetIterator, state: bytes | str | Mapping[str, Any]) -> None:
+    """Moves ``iterator`` to a position saved by :func:`get_state` (bytes, str or dict)."""
+    if isinstance(state, (bytes, bytearray)):
+        state = state.decode("utf-8")
+    if isinstance(state, str):
+        try:
+            state = json.loads(state)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"set_state: the iterator state is not valid JSON: {e}") from e
+    if not isinstance(state, Mapping):
+        raise ValueError(f"set_state: expected a dict state, got {type(state).__name__}")
+    iterator.set_state(dict(state))

@@ -1,0 +1,19 @@
+"""One module per method: how its model is built, its loss, prediction and evaluation.
+
+A method object has ``best_metric``, ``init_variables(rng)``,
+``loss_fn(params, model_state, batch, rng, step) -> (loss, (model_state, metrics))``,
+``predict(variables, batch) -> outputs`` and ``make_evaluator()``; the generic
+:mod:`adverse_vision.trainer` does the rest.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def build(cfg: ml_collections.ConfigDict):
+    """The method object named by ``cfg.method``."""
+    if cfg.method == "detection":
+        from adverse_vision.methods.detection import DetectionMethod  # pylint: disable=import-outside-toplevel
+        return DetectionMethod(cfg)
+    raise ValueError(f"config key 'method' is {cfg.method!r}; no such method")

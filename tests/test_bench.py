@@ -1,0 +1,29 @@
+"""The benchmark program measures a real train step and inference."""
+
+import subprocess
+import sys
+
+from adverse_vision import bench
+from configs import yolox_scenes
+
+
+def test_bench_reports_rates_and_flops():
+    cfg = yolox_scenes.get_config("smoke")
+    r = bench.run(cfg, steps=2, infer_steps=2, infer_batch=8, infer_size=128)
+    assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
+    assert r["train_flops_per_step"] > 3 * r["infer_flops_per_batch"] * 96**2 / 128**2 * 0.5
+    assert r["infer_image_size"] == 128 and r["peak_host_memory_gib"] > 0.1
+    text = bench.format_result(r)
+    assert "images/s" in text and "GFLOP/s" in text and "MFU" in text
+
+
+def test_peak_flops_table():
+    assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert bench.peak_flops("cpu", "float32") is None
+
+
+def test_bench_rejects_unknown_key():
+    proc = subprocess.run([sys.executable, "-m", "adverse_vision.bench", "--config",
+                           "configs/yolox_scenes.py:smoke", "--config.model.sise=s"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "model.sise" in proc.stderr and "model.size" in proc.stderr

@@ -1,0 +1,85 @@
+"""Config validation: unknown keys and bad values are refused, naming the key."""
+
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from adverse_vision import config as config_lib
+from configs import yolox_scenes
+
+
+def test_every_variant_validates():
+    for arg in ("", "tiny", "smoke", "s", "nano,bf16", "tiny,clear", "smoke,m"):
+        cfg = yolox_scenes.get_config(arg)
+        assert config_lib.validate(cfg) is cfg
+
+
+def test_variant_tokens_apply():
+    cfg = yolox_scenes.get_config("tiny,bf16,clear")
+    assert cfg.model.size == "tiny" and cfg.model.dtype == "bfloat16"
+    assert cfg.data.degrade.name == "none" and cfg.data.val_degrade.name == "none"
+    assert yolox_scenes.get_config("smoke,x").model.size == "x"
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(config_lib.ConfigError, match="'tiyn'.*did you mean 'tiny'"):
+        yolox_scenes.get_config("tiyn")
+
+
+def test_unknown_key_is_named_with_suggestion():
+    cfg = yolox_scenes.get_config("smoke")
+    with cfg.unlocked():
+        cfg.optimizer.weight_decy = 1e-4
+    with pytest.raises(config_lib.ConfigError, match=r"'optimizer\.weight_decy'.*'optimizer\.weight_decay'"):
+        config_lib.validate(cfg)
+
+
+def test_locked_config_refuses_typo_assignment():
+    cfg = yolox_scenes.get_config("smoke")
+    cfg.lock()
+    with pytest.raises(AttributeError, match="batch_sise"):
+        cfg.batch_sise = 3
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("image_size", 100, "multiple of 32"),
+    ("total_steps", 0, "'total_steps' must be positive"),
+    ("model.dtype", "float16", "'model.dtype'"),
+    ("model.size", "huge", "'model.size'"),
+    ("data.name", "imagenet", "'data.name'"),
+    ("data.on_bad_box", "ignore", "'data.on_bad_box'"),
+    ("optimizer.name", "lamb", "'optimizer.name'"),
+])
+def test_bad_values_are_named(path, value, match):
+    cfg = yolox_scenes.get_config("smoke")
+    node = cfg
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(cfg)
+
+
+def test_degradation_parameters_are_checked():
+    cfg = yolox_scenes.get_config("smoke")
+    cfg.data.degrade = ml_collections.ConfigDict({"name": "haze", "betta": (0.1, 0.2)})
+    with pytest.raises(config_lib.ConfigError, match=r"data\.degrade\.betta.*did you mean 'beta'"):
+        config_lib.validate(cfg)
+    cfg.data.degrade = ml_collections.ConfigDict({"name": "fog"})
+    with pytest.raises(config_lib.ConfigError, match=r"data\.degrade\.name"):
+        config_lib.validate(cfg)
+    cfg.data.degrade = ml_collections.ConfigDict({"name": "noise", "sigma": (15, 25, 50)})
+    config_lib.validate(cfg)
+
+
+def test_command_line_override_of_unknown_key_fails_before_compiling(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "adverse_vision.train", "--config", "configs/yolox_scenes.py:smoke",
+         "--workdir", str(tmp_path / "w"), "--config.optimizer.lr=0.1"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "optimizer.lr" in proc.stderr
+    assert not (tmp_path / "w").exists()  # nothing started
