@@ -30,14 +30,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from adverse_vision.data.annotated import AnnotatedSource
 from adverse_vision.data.problems import (
     ClassMatcher,
     DataError,
     DataPolicy,
     DataProblems,
-    decode_image,
-    fit_boxes_to_image,
-    invalid_record,
     normalize_name,
     read_image_size,
     sanitize_boxes,
@@ -50,7 +48,7 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-class COCOSource:
+class COCOSource(AnnotatedSource):
     """Random-access source over a COCO JSON file and an image folder.
 
     Args:
@@ -63,6 +61,8 @@ class COCOSource:
       policy: a :class:`DataPolicy` or a mapping of its fields.
       problems: a :class:`DataProblems` to report to (one is made if None).
     """
+
+    size_label = "size in the JSON"
 
     def __init__(
         self,
@@ -183,13 +183,8 @@ class COCOSource:
             per_image[iid].append((x, y, x + w, y + h, cls))
 
         # -- per image ------------------------------------------------------------
-        self.ids: list[str] = []
+        super().__init__()
         self.coco_ids: list[int] = []
-        self.image_paths: list[str] = []
-        self.sizes: list[tuple[int, int]] = []
-        self._boxes: list[np.ndarray] = []
-        self._classes: list[np.ndarray] = []
-        self._difficult: list[np.ndarray] = []
         for iid in order:
             img = images[iid]
             file_name = img["file_name"]
@@ -231,13 +226,9 @@ class COCOSource:
                 self.problems.add("empty_annotation", where, reason, action, silent=quiet)
                 if self.policy.on_empty == "skip":
                     continue
-            self.ids.append(os.path.splitext(os.path.basename(file_name))[0])
+            sample_id = os.path.splitext(os.path.basename(file_name))[0]
+            self._add_image(sample_id, path, width, height, boxes, classes, difficult)
             self.coco_ids.append(int(iid))
-            self.image_paths.append(path)
-            self.sizes.append((int(width), int(height)))
-            self._boxes.append(boxes)
-            self._classes.append(classes)
-            self._difficult.append(difficult)
 
         logger.info(
             "COCO %s: %d images, %d objects; %s",
@@ -252,49 +243,14 @@ class COCOSource:
         self.problems.add("bad_annotation", where, reason, action)
 
     # -- access --------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.ids)
+    def _annotation_file(self, index: int) -> str:
+        return f"{self.annotation_json} (image {os.path.basename(self.image_paths[index])})"
 
-    def annotation(self, index: int) -> dict[str, Any]:
-        """Ground truth of one sample without decoding its image."""
-        index = int(index)
-        w, h = self.sizes[index]
-        return {
-            "boxes": self._boxes[index].copy(),
-            "classes": self._classes[index].copy(),
-            "difficult": self._difficult[index].copy(),
-            "id": self.ids[index],
-            "image_id": self.coco_ids[index],
-            "width": w,
-            "height": h,
-        }
+    def _extra_annotation(self, index: int) -> dict[str, Any]:
+        return {"image_id": self.coco_ids[index]}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        sample_id = self.ids[index]
-        image = decode_image(self.image_paths[index], self.problems)
-        if image is None:
-            return invalid_record(sample_id)
-        boxes = self._boxes[index].copy()
-        classes = self._classes[index].copy()
-        difficult = self._difficult[index].copy()
-        h, w = image.shape[:2]
-        if (w, h) != self.sizes[index]:
-            aw, ah = self.sizes[index]
-            self.problems.add(
-                "bad_annotation", f"{self.annotation_json} (image {os.path.basename(self.image_paths[index])})",
-                f"size in the JSON {aw}x{ah} differs from the decoded image {w}x{h}",
-                "boxes clipped to the decoded image", once=True,
-            )
-            boxes, classes, difficult = fit_boxes_to_image(boxes, classes, difficult, w, h)
-        return {
-            "image": image,
-            "boxes": boxes,
-            "classes": classes,
-            "difficult": difficult,
-            "id": sample_id,
-            "valid": np.bool_(True),
-        }
+        return self._load(index)
 
     def __repr__(self) -> str:
         return (

@@ -376,6 +376,27 @@ def read_image_size(path: str) -> tuple[int, int] | None:
     return int(w), int(h)
 
 
+def make_record(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    difficult: np.ndarray,
+    sample_id: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The record of a decoded sample: image, its ground truth, ``id`` and
+    ``valid=True``, followed by the ``extra`` entries (e.g. a degraded twin)."""
+    return {
+        "image": image,
+        "boxes": boxes,
+        "classes": classes,
+        "difficult": difficult,
+        "id": sample_id,
+        "valid": np.bool_(True),
+        **extra,
+    }
+
+
 def invalid_record(sample_id: str, extra_image_keys: Iterable[str] = ()) -> dict[str, Any]:
     """The record returned for a sample whose image could not be decoded."""
     s = INVALID_IMAGE_SIZE

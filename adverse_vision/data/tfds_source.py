@@ -37,6 +37,7 @@ from adverse_vision.data.problems import (
     DataPolicy,
     DataProblems,
     invalid_record,
+    make_record,
     sanitize_boxes,
 )
 
@@ -352,14 +353,7 @@ class TFDSSource:
             else:
                 reason, quiet = "no valid object left", False
             problems.add("empty_annotation", where, reason, "kept as a negative image", silent=quiet)
-        return {
-            "image": image,
-            "boxes": boxes,
-            "classes": classes.astype(np.int32),
-            "difficult": difficult,
-            "id": sample_id,
-            "valid": np.bool_(True),
-        }
+        return make_record(image, boxes, classes.astype(np.int32), difficult, sample_id)
 
     def __repr__(self) -> str:
         return (

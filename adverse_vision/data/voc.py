@@ -46,13 +46,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from adverse_vision.data.annotated import AnnotatedSource
 from adverse_vision.data.problems import (
     ClassMatcher,
     DataError,
     DataPolicy,
     DataProblems,
     decode_image,
-    fit_boxes_to_image,
     invalid_record,
     read_image_size,
     sanitize_boxes,
@@ -93,7 +93,7 @@ def find_image(directory: str, stem: str, filename: str | None = None) -> str | 
     return None
 
 
-class VOCSource:
+class VOCSource(AnnotatedSource):
     """Random-access source over VOC-layout folders.
 
     Args:
@@ -158,14 +158,9 @@ class VOCSource:
         self.degraded_key = degraded_key
         self.problems = problems if problems is not None else DataProblems(f"VOC {self.root}")
 
-        self.ids: list[str] = []
-        self.image_paths: list[str] = []
+        super().__init__()
         self.degraded_paths: list[str | None] = []
         self.annotation_paths: list[str] = []
-        self.sizes: list[tuple[int, int]] = []  # (width, height) from the annotation
-        self._boxes: list[np.ndarray] = []
-        self._classes: list[np.ndarray] = []
-        self._difficult: list[np.ndarray] = []
 
         for set_root, stems, prefix in self._resolve_image_sets(image_set):
             for stem in stems:
@@ -340,14 +335,9 @@ class VOCSource:
             if self.policy.on_empty == "skip":
                 return
 
-        self.ids.append(prefix + stem)
-        self.image_paths.append(image_path)
+        self._add_image(prefix + stem, image_path, width, height, boxes_a, classes_a, difficult_a)
         self.degraded_paths.append(degraded_path)
         self.annotation_paths.append(xml_path)
-        self.sizes.append((int(width), int(height)))
-        self._boxes.append(boxes_a)
-        self._classes.append(classes_a)
-        self._difficult.append(difficult_a)
 
     @staticmethod
     def _annotated_size(ann: ET.Element) -> tuple[int, int] | None:
@@ -362,62 +352,29 @@ class VOCSource:
         return w, h
 
     # -- access --------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def annotation(self, index: int) -> dict[str, Any]:
-        """Ground truth of one sample without decoding its image."""
-        index = int(index)
-        w, h = self.sizes[index]
-        return {
-            "boxes": self._boxes[index].copy(),
-            "classes": self._classes[index].copy(),
-            "difficult": self._difficult[index].copy(),
-            "id": self.ids[index],
-            "width": w,
-            "height": h,
-        }
+    def _annotation_file(self, index: int) -> str:
+        return self.annotation_paths[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
-        sample_id = self.ids[index]
         extra = (self.degraded_key,) if self.degraded_dir is not None else ()
-        image = decode_image(self.image_paths[index], self.problems)
-        if image is None:
+        record = self._load(index, extra)
+        if self.degraded_dir is None or not record["valid"]:
+            return record
+        sample_id, image = self.ids[index], record["image"]
+        path = self.degraded_paths[index]
+        degraded = decode_image(path, self.problems)
+        if degraded is None:
             return invalid_record(sample_id, extra)
-        boxes = self._boxes[index].copy()
-        classes = self._classes[index].copy()
-        difficult = self._difficult[index].copy()
-        h, w = image.shape[:2]
-        if (w, h) != self.sizes[index]:
-            aw, ah = self.sizes[index]
+        if degraded.shape != image.shape:
+            h, w = image.shape[:2]
             self.problems.add(
-                "bad_annotation", self.annotation_paths[index],
-                f"annotated size {aw}x{ah} differs from the decoded image {w}x{h}",
-                "boxes clipped to the decoded image", once=True,
+                "corrupt_image", path,
+                f"degraded twin is {degraded.shape[1]}x{degraded.shape[0]}, image is {w}x{h}",
+                "sample marked invalid", once=True,
             )
-            boxes, classes, difficult = fit_boxes_to_image(boxes, classes, difficult, w, h)
-        record = {
-            "image": image,
-            "boxes": boxes,
-            "classes": classes,
-            "difficult": difficult,
-            "id": sample_id,
-            "valid": np.bool_(True),
-        }
-        if self.degraded_dir is not None:
-            path = self.degraded_paths[index]
-            degraded = decode_image(path, self.problems)
-            if degraded is None:
-                return invalid_record(sample_id, extra)
-            if degraded.shape != image.shape:
-                self.problems.add(
-                    "corrupt_image", path,
-                    f"degraded twin is {degraded.shape[1]}x{degraded.shape[0]}, image is {w}x{h}",
-                    "sample marked invalid", once=True,
-                )
-                return invalid_record(sample_id, extra)
-            record[self.degraded_key] = degraded
+            return invalid_record(sample_id, extra)
+        record[self.degraded_key] = degraded
         return record
 
     def __repr__(self) -> str:
