@@ -15,7 +15,7 @@ import ml_collections
 
 from adverse_vision import degrade as degrade_lib
 
-METHODS = ("detection",)
+METHODS = ("detection", "togethernet")
 DATASETS = ("scenes", "voc", "coco", "tfds")
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 DTYPES = ("float32", "bfloat16")
@@ -45,7 +45,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 0  # 0: same as batch_size
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "yolox"
     c.model.size = "s"
     c.model.depth = 0.0  # >0 overrides the size's depth multiplier
     c.model.width = 0.0  # >0 overrides the size's width multiplier
@@ -56,7 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.conf_threshold = 0.001
     c.model.nms_iou = 0.65
     c.model.max_detections = 100
-    c.model.init_from = ""  # checkpoint directory to start from
+    c.model.init_from = ""  # a workdir, checkpoint or official .pth to start from
+    # TogetherNet: joint loss det_weight x detection + restore_weight x MSE(restored, clear)
+    c.model.det_weight = 0.2
+    c.model.restore_weight = 0.8
+    c.model.restore_target = "signed"  # clear image in [-1, 1]; "imagenet": the official quirk
+    c.model.dropout = 0.1  # transformer dropout in the DTFE
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "scenes"
@@ -179,6 +183,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(cfg, "model.dtype", DTYPES)
     _check_choice(cfg, "model.loss", LOSS_VARIANTS)
     _check_choice(cfg, "optimizer.name", ("sgd", "adamw"))
+    _check_choice(cfg, "model.restore_target", ("signed", "imagenet"))
     _check_choice(cfg, "model.size", MODEL_SIZES)
     for key in ("total_steps", "batch_size", "image_size", "eval_every", "checkpoint_every", "log_every"):
         if int(cfg[key]) <= 0:

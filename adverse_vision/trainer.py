@@ -42,10 +42,6 @@ from adverse_vision.logs import MetricWriter, Progress
 log = logging.getLogger("adverse_vision")
 
 
-# Per-pixel batch entries: inputs of the model, never needed by an evaluator on the host.
-_IMAGE_KEYS = ("image", "clean", "hazy", "depth", "mask", "thermal")
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
 
@@ -142,10 +138,10 @@ class Trainer:
         for local in pipeline:
             batch = parallel.global_batch(local, self.mesh)
             outputs = parallel.to_host(self.predict(variables, batch))
-            # Every host needs every image's annotations (mAP sorts over the whole set),
-            # but not the images themselves.
-            annotations = {k: v for k, v in batch.items() if k not in _IMAGE_KEYS}
-            evaluator.add(outputs, parallel.to_host(annotations))
+            # Every host needs the whole evaluation set (mAP sorts over all of it), but
+            # only the entries the evaluator reads.
+            wanted = {k: v for k, v in batch.items() if k in self.method.eval_keys}
+            evaluator.add(outputs, parallel.to_host(wanted))
         return evaluator.compute(), evaluator
 
 

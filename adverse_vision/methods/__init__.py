@@ -1,6 +1,7 @@
 """One module per method: how its model is built, its loss, prediction and evaluation.
 
-A method object has ``best_metric``, ``init_variables(rng)``,
+A method object has ``best_metric``, ``eval_keys`` (the batch entries its evaluator
+reads), ``init_variables(rng)``,
 ``loss_fn(params, model_state, batch, rng, step) -> (loss, (model_state, metrics))``,
 ``predict(variables, batch) -> outputs`` and ``make_evaluator()``; the generic
 :mod:`adverse_vision.trainer` does the rest.

@@ -35,6 +35,8 @@ class DetectionMethod:
     """YOLOX trained on the degraded image of each sample, evaluated by VOC mAP@0.5."""
 
     best_metric = "val/mAP"
+    # Batch entries the evaluator reads (gathered to the host; images are not).
+    eval_keys = ("boxes", "classes", "box_mask", "difficult", "valid", "scale", "offset")
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
