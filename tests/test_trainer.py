@@ -118,3 +118,21 @@ def test_resolved_config_is_saved_and_reloaded(tmp_path):
     assert loaded.to_dict() == cfg.to_dict()
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["model"]["width"] == 0.125
+
+
+def test_bfloat16_compute_with_float32_parameters_and_ema():
+    cfg = _cfg(**{"model.dtype": "bfloat16", "optimizer.ema_decay": 0.9998})
+    tr = trainer_lib.Trainer(cfg)
+    local = next(factory.DataBundle(cfg, per_host_batch=cfg.batch_size).train_iterator())
+    init = tr.init_state()
+    init_params = jax.device_get(init.params)
+    state, metrics = tr.train_step(init, parallel.global_batch(local, tr.mesh))
+    assert np.isfinite(float(metrics["loss"]))
+    params = jax.device_get(state.params)
+    ema = jax.device_get(state.ema_params)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(params) + jax.tree.leaves(ema))
+    # the ramped EMA: d = 0.9998 * (1 - exp(-1 / 2000)) after one step
+    d = 0.9998 * (1 - np.exp(-1 / 2000))
+    for p0, p1, e in zip(jax.tree.leaves(init_params), jax.tree.leaves(params), jax.tree.leaves(ema)):
+        np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
+    assert state.eval_variables()["params"] is state.ema_params
