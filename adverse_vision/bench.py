@@ -10,6 +10,7 @@ known). Timings exclude compilation and use a fixed batch already on the devices
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
@@ -74,7 +75,8 @@ def _setup(cfg):
     trainer = Trainer(cfg)
     data = factory.DataBundle(cfg, per_host_batch=parallel.per_host_batch_size(
         cfg.batch_size, trainer.mesh))
-    batch = parallel.global_batch(next(data.train_iterator()), trainer.mesh)
+    with contextlib.closing(data.train_iterator()) as batches:
+        batch = parallel.global_batch(next(batches), trainer.mesh)
     return trainer, trainer.init_state(), batch
 
 

@@ -14,6 +14,7 @@ module owns everything else, identically for every method:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -135,13 +136,14 @@ class Trainer:
     def evaluate(self, variables: dict[str, Any], pipeline) -> tuple[dict[str, float], Any]:
         """One pass over an evaluation pipeline; returns (metrics, evaluator)."""
         evaluator = self.method.make_evaluator()
-        for local in pipeline:
-            batch = parallel.global_batch(local, self.mesh)
-            outputs = parallel.to_host(self.predict(variables, batch))
-            # Every host needs the whole evaluation set (mAP sorts over all of it), but
-            # only the entries the evaluator reads.
-            wanted = {k: v for k, v in batch.items() if k in self.method.eval_keys}
-            evaluator.add(outputs, parallel.to_host(wanted))
+        with contextlib.closing(iter(pipeline)) as batches:  # stops its worker processes
+            for local in batches:
+                batch = parallel.global_batch(local, self.mesh)
+                outputs = parallel.to_host(self.predict(variables, batch))
+                # Every host needs the whole evaluation set (mAP sorts over all of it),
+                # but only the entries the evaluator reads.
+                wanted = {k: v for k, v in batch.items() if k in self.method.eval_keys}
+                evaluator.add(outputs, parallel.to_host(wanted))
         return evaluator.compute(), evaluator
 
 
@@ -205,7 +207,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     else:
         state = trainer.init_state()
         if cfg.model.init_from:
-            state = trainer.method.load_init(state, cfg.model.init_from)
+            from adverse_vision.convert import pretrained  # pylint: disable=import-outside-toplevel
+            state = pretrained.init_state_from(state, cfg.model.init_from, cfg)
     start = int(jax.device_get(state.step))
 
     writer = MetricWriter(workdir)
@@ -254,7 +257,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     break
         finally:
             bar.close()
-            ckpt.close()
+            ckpt.close()  # waits for the last save, which reads the iterator's state
+            train_iter.close()  # stops its worker processes
             writer.close()
     elapsed = time.time() - t_start
     summary.update({
