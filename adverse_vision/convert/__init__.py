@@ -49,7 +49,10 @@ from adverse_vision.convert.torch_pickle import (
 __all__ = [
     "NETWORKS",
     "TorchPickleError",
+    "export_workdir",
+    "init_state_from",
     "load_official",
+    "load_pretrained",
     "load_pth",
     "read_state_dict",
     "reference_state_dict",
@@ -204,3 +207,11 @@ def load_official(
                 filled.setdefault((coll,) + path, value)
     variables = unflatten({k: jnp.asarray(v) for k, v in filled.items()})
     return model, variables
+
+
+# After the definitions above, which the pretrained-weights module uses.
+from adverse_vision.convert.pretrained import (  # noqa: E402  pylint: disable=wrong-import-position
+    export_workdir,
+    init_state_from,
+    load_pretrained,
+)

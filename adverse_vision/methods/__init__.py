@@ -17,4 +17,7 @@ def build(cfg: ml_collections.ConfigDict):
     if cfg.method == "detection":
         from adverse_vision.methods.detection import DetectionMethod  # pylint: disable=import-outside-toplevel
         return DetectionMethod(cfg)
+    if cfg.method == "togethernet":
+        from adverse_vision.methods.togethernet import TogetherNetMethod  # pylint: disable=import-outside-toplevel
+        return TogetherNetMethod(cfg)
     raise ValueError(f"config key 'method' is {cfg.method!r}; no such method")

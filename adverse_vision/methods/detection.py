@@ -41,30 +41,43 @@ class DetectionMethod:
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
         self.num_classes = len(cfg.data.class_names)
-        self.model = YOLOX(num_classes=self.num_classes, size=model_size(cfg),
-                           act=cfg.model.act, dtype=jnp.dtype(cfg.model.dtype))
+        self.model = self.make_model()
         grid, strides = box_ops.anchor_grid(cfg.image_size)
         self.grid, self.strides = grid, strides
         self.l1_from_step = int(cfg.model.l1_from_fraction * cfg.total_steps)
 
+    def make_model(self):
+        """The network (called once by ``__init__``; subclasses build theirs)."""
+        return YOLOX(num_classes=self.num_classes, size=model_size(self.cfg),
+                     act=self.cfg.model.act, dtype=jnp.dtype(self.cfg.model.dtype))
+
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         x = jnp.zeros((1, self.cfg.image_size, self.cfg.image_size, 3), jnp.float32)
         return dict(self.model.init({"params": rng}, x, train=False))
+
+    def detection_loss(self, heads, batch, step):
+        """(loss, components) of raw head maps against the batch's boxes
+        (``cfg.model.loss`` variant; images whose ``valid`` is False are ignored)."""
+        use_l1 = (step >= self.l1_from_step).astype(jnp.float32) if self.cfg.model.loss == "yolox" else False
+        return yolox_loss(
+            box_ops.flatten_heads(heads), self.grid, self.strides, batch["boxes"],
+            batch["classes"], batch["box_mask"], self.num_classes,
+            variant=self.cfg.model.loss, use_l1=use_l1, image_mask=batch["valid"])
 
     def loss_fn(self, params, model_state, batch, rng, step):
         del rng  # no stochastic layers
         x = normalize_images(batch["image"])
         heads, updates = self.model.apply({"params": params, **model_state}, x, train=True,
                                           mutable=list(model_state))
-        use_l1 = (step >= self.l1_from_step).astype(jnp.float32) if self.cfg.model.loss == "yolox" else False
-        loss, parts = yolox_loss(
-            box_ops.flatten_heads(heads), self.grid, self.strides, batch["boxes"],
-            batch["classes"], batch["box_mask"], self.num_classes,
-            variant=self.cfg.model.loss, use_l1=use_l1, image_mask=batch["valid"])
+        loss, parts = self.detection_loss(heads, batch, step)
         return loss, (dict(updates), parts)
 
     def predict(self, variables, batch) -> dict[str, jax.Array]:
         heads = self.model.apply(variables, normalize_images(batch["image"]), train=False)
+        return self.detect(heads)
+
+    def detect(self, heads) -> dict[str, jax.Array]:
+        """Raw head maps -> fixed-size detections (boxes, scores, classes, valid)."""
         boxes, obj, cls = box_ops.decode(box_ops.flatten_heads(heads), self.grid, self.strides)
         # exp(log w) of an untrained or diverging head can overflow: such boxes are dropped.
         finite = jnp.isfinite(boxes).all(-1)

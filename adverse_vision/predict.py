@@ -1,0 +1,434 @@
+r"""Run a trained workdir on image files: detections as JSON, labelled boxes, restorations.
+
+  python -m adverse_vision.predict --workdir runs/tiny --images photos/ --out preds/ \
+      [--checkpoint best|latest] [--score_threshold 0.3] [--norestore] [--batch_size 8]
+
+For each image (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``; a folder is read
+non-recursively, in sorted order) it writes, in ``--out``:
+
+* ``<stem>.json``: ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2,
+  y2], "class", "class_id", "score"}, ...]}`` with boxes in pixels of the original
+  image, highest score first;
+* ``<stem>_boxes.jpg``: the image with the labelled boxes drawn;
+* ``<stem>_restored.png``: the restored (e.g. dehazed) image at the original size,
+  for methods that restore (TogetherNet), unless ``--norestore``.
+
+Images are decoded to RGB (EXIF orientation not applied, as in training), letterboxed
+to the trained ``image_size`` exactly as the evaluation pipeline does, and batched
+over all devices; the method's own prediction does the normalisation. Unreadable files
+are skipped with a warning each; the program fails only when no file could be read.
+Detections below the model's ``model.conf_threshold`` are already gone before
+``--score_threshold`` applies, and at most ``model.max_detections`` are kept per image.
+Boxes are clipped to the image; those left smaller than ``MIN_BOX_SIZE`` are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from adverse_vision import cli, parallel
+from adverse_vision import draw as draw_lib
+from adverse_vision.data.augment import letterbox
+
+log = logging.getLogger("adverse_vision")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Methods whose prediction can also return the restored image.
+RESTORING_METHODS = ("togethernet",)
+# Boxes narrower or shorter than this (original pixels, after clipping to the image) are
+# dropped: boxes in the letterbox padding, and slivers that would collapse when the JSON
+# rounds coordinates to 0.01 px.
+MIN_BOX_SIZE = 0.02
+
+
+class ImageReadError(ValueError):
+    """An image file could not be opened or decoded; the message names it."""
+
+
+# --------------------------------------------------------------------------- files
+
+def list_images(path: str) -> list[str]:
+    """The image files of a folder (not recursive, sorted), or ``[path]`` for a file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--images {path} does not exist")
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path)
+                       if n.lower().endswith(IMAGE_EXTENSIONS)
+                       and os.path.isfile(os.path.join(path, n)))
+        if not names:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+        return [os.path.join(path, n) for n in names]
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        raise ValueError(f"--images {path} is not an image file: expected one of "
+                         f"{', '.join(IMAGE_EXTENSIONS)}")
+    return [path]
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 RGB (H, W, 3), decoded as the training data sources decode images."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many exception types
+        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"cannot read image {path}: empty image of shape {arr.shape}")
+    return arr
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """File stems for the outputs; stems shared by several inputs (``a.jpg``, ``a.png``)
+    get their extension appended (``a_jpg``, ``a_png``), and a number if still taken, so
+    nothing is overwritten."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    used = {stem for stem in stems if counts[stem] == 1}
+    out = []
+    for path, stem in zip(paths, stems, strict=True):
+        name = stem
+        if counts[stem] > 1:
+            name = base = f"{stem}_{os.path.splitext(path)[1].lstrip('.').lower()}"
+            k = 1
+            while name in used:
+                k += 1
+                name = f"{base}{k}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+# --------------------------------------------------------------------------- geometry
+
+def boxes_to_original(boxes: np.ndarray, scale: float, offset: Sequence[float],
+                      height: int, width: int) -> np.ndarray:
+    """Letterboxed xyxy boxes -> pixels of the original image, clipped to it."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    ox, oy = float(offset[0]), float(offset[1])
+    out = (boxes - np.array([ox, oy, ox, oy], np.float32)) / np.float32(scale)
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    return out
+
+
+def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float],
+                      height: int, width: int) -> np.ndarray:
+    """A letterboxed (S, S, 3) float image in [-1, 1] -> uint8 (height, width, 3): the
+    padding is cropped (the same rounding as ``letterbox``) and the rest resized back."""
+    restored = np.asarray(restored, np.float32)
+    pixels = np.clip(np.round((restored + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    new_h = max(1, int(round(height * float(scale))))
+    new_w = max(1, int(round(width * float(scale))))
+    dx, dy = int(round(float(offset[0]))), int(round(float(offset[1])))
+    crop = np.ascontiguousarray(pixels[dy:dy + new_h, dx:dx + new_w])
+    if crop.shape[:2] != (new_h, new_w):
+        raise ValueError(f"restored image {pixels.shape} does not hold the letterbox window "
+                         f"{new_h}x{new_w} at ({dx}, {dy})")
+    if (new_h, new_w) == (height, width):
+        return crop
+    return np.asarray(Image.fromarray(crop).resize((width, height), Image.BICUBIC))
+
+
+# --------------------------------------------------------------------------- model
+
+def restoring_predict_fn(trainer, restore: bool) -> Optional[Callable]:
+    """For methods that restore images (``RESTORING_METHODS``): a jitted
+    ``fn(variables, batch) -> dict`` with the detections, plus ``"restored"``, the
+    letterboxed (B, S, S, 3) image in [-1, 1], when ``restore`` (the method's
+    ``predict_with_restoration``), or with the restoration skipped when not (its
+    ``predict(..., restore=False)``). None for other methods: ``trainer.predict`` then.
+    """
+    if trainer.cfg.method not in RESTORING_METHODS:
+        return None
+    method = trainer.method
+    if restore:
+        fn = getattr(method, "predict_with_restoration", None)
+        if fn is None:
+            raise ValueError(f"method {trainer.cfg.method!r} has no predict_with_restoration(); "
+                             "run with --norestore")
+    else:
+        def fn(variables, batch):
+            return method.predict(variables, batch, restore=False)
+    return jax.jit(fn, in_shardings=(trainer.replicated, trainer.batch_sharding),
+                   out_shardings=trainer.batch_sharding)
+
+
+@dataclass
+class Prediction:
+    """The result for one image, in its original pixels."""
+    boxes: np.ndarray    # (N, 4) float32 xyxy
+    scores: np.ndarray   # (N,) float32, descending
+    classes: np.ndarray  # (N,) int32
+    restored: Optional[np.ndarray] = None  # uint8 (H, W, 3) or None
+
+
+class Predictor:
+    """Letterboxes, batches and runs a restored trainer on decoded images.
+
+    Every batch has the same static shape (``batch_size`` images, the last one padded
+    with zero images marked invalid), so the prediction compiles once. ``batch_size`` is
+    rounded up to a multiple of the device count.
+    """
+
+    def __init__(self, trainer, variables, batch_size: int = 8, score_threshold: float = 0.3,
+                 restore: bool = True):
+        _check_options(score_threshold, batch_size)
+        self.trainer = trainer
+        self.variables = variables
+        self.size = int(trainer.cfg.image_size)
+        self.score_threshold = float(score_threshold)
+        devices = trainer.mesh.devices.size
+        self.batch_size = int(math.ceil(int(batch_size) / devices) * devices)
+        if self.batch_size != int(batch_size):
+            log.info("batch size %d rounded up to %d, a multiple of the %d devices",
+                     batch_size, self.batch_size, devices)
+        self.restores = bool(restore) and trainer.cfg.method in RESTORING_METHODS
+        self._predict = restoring_predict_fn(trainer, self.restores) or trainer.predict
+        self.class_names = tuple(trainer.cfg.data.class_names)
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The raw outputs (letterboxed coordinates) of one full batch, on the host:
+        ``batch["image"]`` uint8 (batch_size, S, S, 3), letterboxed."""
+        return parallel.to_host(self._run(batch))
+
+    def _run(self, batch: dict[str, np.ndarray]):
+        """Dispatches one padded batch; returns the (still computing) global outputs."""
+        pc, pi = jax.process_count(), jax.process_index()
+        share = self.batch_size // pc
+        local = {k: v[pi * share:(pi + 1) * share] for k, v in batch.items()}
+        global_batch = parallel.global_batch(local, self.trainer.mesh)
+        return self._predict(self.variables, global_batch)
+
+    def _pack(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+        s, b = self.size, self.batch_size
+        batch = {"image": np.zeros((b, s, s, 3), np.uint8), "valid": np.zeros((b,), bool),
+                 "scale": np.ones((b,), np.float32), "offset": np.zeros((b, 2), np.float32),
+                 "orig_size": np.zeros((b, 2), np.int32)}
+        metas = []
+        for i, image in enumerate(images):
+            boxed = letterbox({"image": image}, s)
+            batch["image"][i] = boxed["image"]
+            batch["valid"][i] = True
+            batch["scale"][i] = boxed["scale"]
+            batch["offset"][i] = boxed["offset"]
+            batch["orig_size"][i] = boxed["orig_size"]
+            metas.append({"scale": float(boxed["scale"]), "offset": boxed["offset"],
+                          "height": image.shape[0], "width": image.shape[1]})
+        return batch, metas
+
+    def _unpack(self, outputs, metas: list[dict]) -> list[Prediction]:
+        out = parallel.to_host(outputs)
+        results = []
+        for i, meta in enumerate(metas):
+            keep = np.asarray(out["valid"][i], bool) & (out["scores"][i] >= self.score_threshold)
+            boxes = boxes_to_original(out["boxes"][i][keep], meta["scale"], meta["offset"],
+                                      meta["height"], meta["width"])
+            scores = np.asarray(out["scores"][i][keep], np.float32)
+            classes = np.asarray(out["classes"][i][keep], np.int32)
+            # A box inside the letterbox padding has no area left after clipping.
+            nonempty = ((boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIZE)
+                        & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIZE))
+            boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+            order = np.argsort(-scores, kind="stable")
+            restored = None
+            if self.restores:
+                restored = unletterbox_image(out["restored"][i], meta["scale"], meta["offset"],
+                                             meta["height"], meta["width"])
+            results.append(Prediction(boxes[order], scores[order], classes[order], restored))
+        return results
+
+    def predict_batches(self, items):
+        """``items``: iterable of (key, image or None). Yields (key, Prediction or None) in
+        order; None images are passed through (unreadable files). One batch is computed
+        on the device while the next one is decoded and letterboxed."""
+        pending = None  # (outputs, metas, keys)
+        waiting: list = []  # (key, image) not yet dispatched, including None images
+        for key, image in items:
+            waiting.append((key, image))
+            if sum(im is not None for _, im in waiting) == self.batch_size:
+                if pending is not None:
+                    yield from self._finish(*pending)
+                pending = self._dispatch(waiting)
+                waiting = []
+        if waiting:
+            if pending is not None:
+                yield from self._finish(*pending)
+            pending = self._dispatch(waiting)
+        if pending is not None:
+            yield from self._finish(*pending)
+
+    def _dispatch(self, waiting):
+        images = [im for _, im in waiting if im is not None]
+        outputs = None
+        metas: list[dict] = []
+        if images:
+            batch, metas = self._pack(images)
+            outputs = self._run(batch)
+        return outputs, metas, waiting
+
+    def _finish(self, outputs, metas, waiting):
+        preds = iter(self._unpack(outputs, metas)) if outputs is not None else iter(())
+        for key, image in waiting:
+            yield key, (next(preds) if image is not None else None)
+
+
+# --------------------------------------------------------------------------- outputs
+
+def detections_json(name: str, height: int, width: int, pred: Prediction,
+                    class_names: Sequence[str]) -> dict[str, Any]:
+    dets = []
+    for box, score, cls in zip(pred.boxes, pred.scores, pred.classes, strict=True):
+        cid = int(cls)
+        dets.append({"box": [round(float(v), 2) for v in box],
+                     "class": class_names[cid] if 0 <= cid < len(class_names) else str(cid),
+                     "class_id": cid, "score": float(f"{float(score):.6g}")})
+    return {"image": name, "width": int(width), "height": int(height), "detections": dets}
+
+
+def _write_outputs(out: str, stem: str, path: str, image: np.ndarray, pred: Prediction,
+                   class_names: Sequence[str]) -> None:
+    h, w = image.shape[:2]
+    record = detections_json(os.path.basename(path), h, w, pred, class_names)
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    drawn = draw_lib.draw_detections(image, pred.boxes, pred.classes, pred.scores, class_names)
+    Image.fromarray(drawn).save(os.path.join(out, f"{stem}_boxes.jpg"), quality=95,
+                                subsampling=0)  # 4:4:4 keeps thin coloured lines sharp
+    if pred.restored is not None:
+        Image.fromarray(pred.restored).save(os.path.join(out, f"{stem}_restored.png"))
+
+
+def _check_options(score_threshold: float, batch_size: int) -> None:
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise ValueError(f"--score_threshold must be in [0, 1], got {score_threshold}")
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch_size must be a positive integer, got {batch_size}")
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
+                  progress: Optional[bool] = None) -> dict[str, Any]:
+    """Predicts the image files ``paths`` with ``predictor`` and writes the outputs to
+    ``out`` (created when missing); returns a summary.
+
+    The summary has ``images`` (how many were predicted), ``detections`` (their total),
+    ``skipped`` (``[(path, reason), ...]`` of unreadable files), ``restored`` (whether
+    restorations were written) and ``out``. Unreadable files are skipped with one
+    warning each; ``ValueError`` when none could be read.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a folder")
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(out, exist_ok=True)
+    stems = output_stems(paths)
+    skipped: list[tuple[str, str]] = []
+    decoded: dict[int, np.ndarray] = {}
+
+    def items():
+        for i, path in enumerate(paths):
+            try:
+                decoded[i] = read_image(path)
+            except ImageReadError as e:
+                log.warning("%s; skipped", e)
+                skipped.append((path, str(e)))
+                yield i, None
+                continue
+            yield i, decoded[i]
+
+    if progress is None:
+        progress = sys.stderr.isatty() and writer
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, dynamic_ncols=True)
+    done = detections = 0
+    try:
+        for i, pred in predictor.predict_batches(items()):
+            bar.update(1)
+            if pred is None:
+                continue
+            image = decoded.pop(i)
+            done += 1
+            detections += len(pred.scores)
+            if writer:
+                _write_outputs(out, stems[i], paths[i], image, pred, predictor.class_names)
+    finally:
+        bar.close()
+    if done == 0:
+        raise ValueError(f"none of the {len(paths)} image file(s) could be read "
+                         f"(first: {skipped[0][1]})")
+    return {"images": done, "detections": detections, "skipped": skipped,
+            "restored": predictor.restores, "out": out}
+
+
+def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best",
+                   score_threshold: float = 0.3, restore: bool = True, batch_size: int = 8,
+                   progress: Optional[bool] = None) -> dict[str, Any]:
+    """Predicts every image of ``images`` (a folder or one file) with the best or latest
+    checkpoint of a training workdir and writes the outputs to ``out``.
+
+    Returns the summary of :func:`predict_files` plus ``step``, the checkpoint's step.
+    """
+    from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    if checkpoint not in ("best", "latest"):
+        raise ValueError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+    _check_options(score_threshold, batch_size)
+    paths = list_images(images)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a folder")
+    trainer, variables, step = trainer_lib.restore_for_eval(workdir, checkpoint)
+    predictor = Predictor(trainer, variables, batch_size=batch_size,
+                          score_threshold=score_threshold, restore=restore)
+    if restore and not predictor.restores:
+        log.info("method %r does not restore images: writing detections only",
+                 trainer.cfg.method)
+    return {"step": int(step), **predict_files(predictor, paths, out, progress=progress)}
+
+
+# --------------------------------------------------------------------------- program
+
+def _define_flags():
+    """The program's flags, defined only when it runs: ``workdir`` and ``checkpoint``
+    are also flags of ``evaluate`` and ``train``, and absl refuses a second definition
+    when those modules are imported together (e.g. by tests)."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    flags.DEFINE_string("workdir", None, "A training workdir.")
+    flags.DEFINE_string("images", None, "An image file or a folder of images "
+                        "(jpg, jpeg, png, bmp; not recursive).")
+    flags.DEFINE_string("out", None, "Output folder (created when missing).")
+    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                      "The best checkpoint by the validation metric, or the latest.")
+    flags.DEFINE_float("score_threshold", 0.3, "Keep detections with at least this score.")
+    flags.DEFINE_bool("restore", True, "Also write the restored image (methods that restore).")
+    flags.DEFINE_integer("batch_size", 8, "Images per batch (rounded up to a multiple of "
+                         "the device count).")
+    flags.mark_flags_as_required(["workdir", "images", "out"])
+
+
+def main() -> int:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    f = flags.FLAGS
+    parallel.maybe_initialize_distributed()
+    summary = predict_folder(f.workdir, f.images, f.out, checkpoint=f.checkpoint,
+                             score_threshold=f.score_threshold, restore=f.restore,
+                             batch_size=f.batch_size)
+    skipped = len(summary["skipped"])
+    print(f"checkpoint step {summary['step']} ({f.checkpoint}): {summary['images']} image(s), "
+          f"{summary['detections']} detection(s) with score >= {f.score_threshold}"
+          f"{', restored images' if summary['restored'] else ''} -> {summary['out']}"
+          f"{f'; skipped {skipped} unreadable file(s)' if skipped else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    _define_flags()
+    cli.run(main)
