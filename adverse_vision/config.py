@@ -236,6 +236,21 @@ def apply_variant_tokens(cfg: ml_collections.ConfigDict, arg: str,
 # Recipe pieces shared by the config files (each edits a config in place).
 
 
+def scenes_default(cfg: ml_collections.ConfigDict) -> None:
+    """An accelerator-sized run on the embedded scenes: size "s", 320 px, batch 32."""
+    cfg.model.size = "s"
+    cfg.image_size = 320
+    cfg.batch_size = 32
+    cfg.total_steps = 20_000
+    cfg.eval_every = 2_000
+    cfg.checkpoint_every = 1_000
+    cfg.log_every = 100
+    cfg.data.name = "scenes"
+    cfg.data.num_train = 20_000
+    cfg.data.num_val = 500
+    cfg.data.scene_size = 320
+
+
 def cpu_optimizer(cfg: ml_collections.ConfigDict) -> None:
     """AdamW with the default schedule and weight-decay mask, for runs of minutes.
 

@@ -17,7 +17,8 @@ Variants (comma-separated tokens after the colon):
   clear    train and evaluate without fog (the restoration target is then the input).
 """
 
-from adverse_vision.config import apply_variant_tokens, base_config, scenes_smoke, scenes_tiny
+from adverse_vision.config import (apply_variant_tokens, base_config, scenes_default,
+                                   scenes_smoke, scenes_tiny)
 
 #: Train steps of the ``tiny`` CPU run. One step (batch 16 at 160 px, 82 GFLOP by
 #: XLA's count) measured 4.1 s on an idle 2-core CPU (`bench`), so 150 steps, two
@@ -27,23 +28,13 @@ TINY_STEPS = 150
 
 def get_config(arg: str = ""):
     c = base_config()
+    scenes_default(c)
     c.method = "togethernet"
-    c.model.size = "s"
     c.model.loss = "togethernet"
     c.model.det_weight = 0.2
     c.model.restore_weight = 0.8
     c.model.restore_target = "signed"
     c.model.dropout = 0.1
-    c.image_size = 320
-    c.batch_size = 32
-    c.total_steps = 20_000
-    c.eval_every = 2_000
-    c.checkpoint_every = 1_000
-    c.log_every = 100
-    c.data.name = "scenes"
-    c.data.num_train = 20_000
-    c.data.num_val = 500
-    c.data.scene_size = 320
     c.optimizer.ema_decay = 0.0  # the paper trains without EMA
 
     def tiny(c):

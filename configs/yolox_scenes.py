@@ -11,24 +11,15 @@ Variants (comma-separated tokens after the colon):
   clear    train and evaluate without fog.
 """
 
-from adverse_vision.config import apply_variant_tokens, base_config, scenes_smoke, scenes_tiny
+from adverse_vision.config import (apply_variant_tokens, base_config, scenes_default,
+                                   scenes_smoke, scenes_tiny)
 
 
 def get_config(arg: str = ""):
     c = base_config()
+    scenes_default(c)
     c.method = "detection"
-    c.model.size = "s"
     c.model.loss = "yolox"
-    c.image_size = 320
-    c.batch_size = 32
-    c.total_steps = 20_000
-    c.eval_every = 2_000
-    c.checkpoint_every = 1_000
-    c.log_every = 100
-    c.data.name = "scenes"
-    c.data.num_train = 20_000
-    c.data.num_val = 500
-    c.data.scene_size = 320
     c.optimizer.ema_decay = 0.9998
 
     return apply_variant_tokens(c, arg, {"tiny": scenes_tiny, "smoke": scenes_smoke})

@@ -11,24 +11,10 @@ import pytest
 from adverse_vision import logs, parallel, trainer as trainer_lib
 from adverse_vision.data import factory
 from adverse_vision.methods import detection
-from configs import yolox_scenes
+from tests.helpers import smoke_config
 
 
-def _cfg(**overrides):
-    cfg = yolox_scenes.get_config("smoke")
-    cfg.total_steps = 6
-    cfg.eval_every = 6
-    cfg.checkpoint_every = 2
-    cfg.log_every = 1
-    cfg.data.num_train = 64
-    cfg.data.num_val = 8
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
+_cfg = smoke_config
 
 
 def _params(workdir):

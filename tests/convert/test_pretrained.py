@@ -26,8 +26,8 @@ from adverse_vision.convert import pretrained
 from adverse_vision.convert.togethernet import flatten
 from adverse_vision.data import factory
 from adverse_vision.models.yolox import YOLOX
-from configs import yolox_scenes
 from tests.convert.test_togethernet_convert import _tensor, _write_pth
+from tests.helpers import smoke_config
 
 SMOKE_SIZE = (0.33, 0.125)
 
@@ -78,24 +78,6 @@ def official_yolox(num_classes, size=SMOKE_SIZE, seed=0):
             if key.endswith("bn.running_var"):
                 sd[key[:-len("running_var")] + "num_batches_tracked"] = np.array(9, np.int64)
     return sd, expected
-
-
-def smoke_config(**overrides):
-    """The smoke config of tests/test_trainer.py (the same compiled programs)."""
-    cfg = yolox_scenes.get_config("smoke")
-    cfg.total_steps = 6
-    cfg.eval_every = 6
-    cfg.checkpoint_every = 2
-    cfg.log_every = 1
-    cfg.data.num_train = 64
-    cfg.data.num_val = 8
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
 
 
 def _variables(state):
