@@ -27,6 +27,7 @@ from adverse_vision.models.togethernet import (
     togethernet_channels,
 )
 from adverse_vision.models.yolox import resolve_size
+from tests.helpers import fill_variables
 
 REFERENCE = "/work/shared/reference/togethernet_s_seed0.npz"
 TINY = (0.33, 0.125)  # custom depth / width: 8 base channels
@@ -37,23 +38,7 @@ def _key(seed=0):
     return jax.random.key(seed, impl="unsafe_rbg")
 
 
-def _fill(shapes, seed=0):
-    """Concrete variables for a shape tree without compiling the initialisers."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        name = path[-1].key
-        if name in ("kernel", "in_proj_kernel"):
-            fan_in = np.prod(x.shape[:-1])
-            bound = np.sqrt(4.5 / fan_in)
-            return rng.uniform(-bound, bound, x.shape).astype(x.dtype)
-        if name in ("scale", "var"):
-            return np.ones(x.shape, x.dtype)
-        if name == "mean":
-            return np.zeros(x.shape, x.dtype)
-        return rng.uniform(-0.1, 0.1, x.shape).astype(x.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+_fill = fill_variables
 
 
 # ----------------------------------------------------------------- PyTorch layer semantics
