@@ -10,7 +10,7 @@ against the clear ones (``psnr_restored``, ``psnr_input``).
 Variants (comma-separated tokens after the colon):
   (none)   TogetherNet-s, 320 px, batch 32, the paper's SGD recipe: an accelerator run.
   tiny     TogetherNet at YOLOX-tiny size, 160 px, batch 16, AdamW: trains on a 2-core
-           laptop CPU in about 15-20 minutes.
+           laptop CPU in about 12 minutes.
   smoke    a very narrow TogetherNet at 96 px for tests.
   nano, s, m, l, x   choose the model size, keeping the rest.
   bf16     compute in bfloat16 (parameters, BatchNorm statistics and losses stay float32).
@@ -20,10 +20,10 @@ Variants (comma-separated tokens after the colon):
 from adverse_vision.config import (apply_variant_tokens, base_config, scenes_default,
                                    scenes_smoke, scenes_tiny)
 
-#: Train steps of the ``tiny`` CPU run. One step (batch 16 at 160 px, 82 GFLOP by
-#: XLA's count) measured 4.1 s on an idle 2-core CPU (`bench`), so 150 steps, two
-#: evaluations and compilation take about 12 minutes.
-TINY_STEPS = 150
+#: Train steps of the ``tiny`` CPU run. One step (batch 16 at 160 px) measured 1.47 s
+#: on an idle 2-core CPU (`bench`), so 400 steps, two evaluations and compilation take
+#: about 12 minutes.
+TINY_STEPS = 400
 
 
 def get_config(arg: str = ""):

@@ -76,6 +76,7 @@ from adverse_vision.models.layers import (
 )
 from adverse_vision.models.yolox import PAFPN, YOLOX, YOLOXSize
 from adverse_vision.ops.deform_conv import ModulatedDeformConv
+from adverse_vision.ops.narrow_conv import narrow_conv
 
 Dtype = Any
 
@@ -114,20 +115,39 @@ def _align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.nda
     return i0, i1, w1
 
 
-def resize_bilinear_align_corners(x: jax.Array, height: int, width: int) -> jax.Array:
-    """Bilinear resize of an NHWC map with ``align_corners=True`` semantics.
+def _align_corners_matrix(in_size: int, out_size: int, reflect_pad: int = 0) -> np.ndarray:
+    """(out_size + 2 reflect_pad, in_size) float32 matrix of align-corners linear
+    resizing along one axis, followed by reflection padding of ``reflect_pad``."""
+    i0, i1, w1 = _align_corners_taps(in_size, out_size)
+    m = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, i0), 1 - w1)
+    np.add.at(m, (rows, i1), w1)
+    if reflect_pad:
+        m = m[np.pad(rows, reflect_pad, mode="reflect")]
+    return m
+
+
+def resize_bilinear_align_corners(x: jax.Array, height: int, width: int,
+                                  reflect_pad: int = 0) -> jax.Array:
+    """Bilinear resize of an NHWC map with ``align_corners=True`` semantics, then
+    (optionally) reflection padding by ``reflect_pad`` on every side.
 
     Equal to PyTorch's ``F.interpolate(x, size=(height, width), mode="bilinear",
-    align_corners=True)``: the corner pixels of input and output coincide and every
-    output pixel is the bilinear blend of its two nearest input rows and columns.
+    align_corners=True)`` (then ``nn.ReflectionPad2d(reflect_pad)``): the corner pixels
+    of input and output coincide and every output pixel is the bilinear blend of its
+    two nearest input rows and columns. Computed as two small matrix products (one per
+    axis), whose gradients are matrix products too (an indexing form would scatter).
     """
     _, h, w, _ = x.shape
-    r0, r1, rw = _align_corners_taps(h, height)
-    c0, c1, cw = _align_corners_taps(w, width)
-    rw = jnp.asarray(rw, x.dtype)[None, :, None, None]
-    cw = jnp.asarray(cw, x.dtype)[None, None, :, None]
-    x = x[:, r0] * (1 - rw) + x[:, r1] * rw
-    return x[:, :, c0] * (1 - cw) + x[:, :, c1] * cw
+    if reflect_pad >= min(height, width):
+        raise ValueError(f"resize_bilinear_align_corners: reflection padding {reflect_pad} "
+                         f"needs an output larger than {height}x{width}")
+    rows = jnp.asarray(_align_corners_matrix(h, height, reflect_pad), x.dtype)
+    cols = jnp.asarray(_align_corners_matrix(w, width, reflect_pad), x.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("Hh,bhwc->bHwc", rows, x, precision=hi)
+    return jnp.einsum("Ww,bHwc->bHWc", cols, x, precision=hi)
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -386,15 +406,23 @@ class DTFE(nn.Module):
 # --------------------------------------------------------------------------- decoder
 
 
-class UpBlock(nn.Module):
-    """``deconv`` (PyTorch ``ConvTranspose2d(k=3, stride=2, padding=1,
-    output_padding=1)``, biased: exactly doubles H and W) -> ``bn`` -> SiLU.
+#: Kernel index of PyTorch's ``ConvTranspose2d(k=3, stride=2, padding=1)`` along one
+#: axis for output phase ``a`` (even 0 / odd 1) and input tap ``d`` (``m + d`` feeds
+#: output ``2m + a``): ``out[2m] = x[m] W[1]``, ``out[2m+1] = x[m] W[2] + x[m+1] W[0]``.
+_PHASE_TAPS = np.zeros((2, 2, 3), np.float32)  # (tap d, phase a, kernel index k)
+_PHASE_TAPS[0, 0, 1] = _PHASE_TAPS[0, 1, 2] = _PHASE_TAPS[1, 1, 0] = 1.0
 
-    The transposed conv is the gradient of a stride-2 conv: the input is dilated by
-    2 and padded by ``k - 1 - p = 1`` before and ``k - 1 - p + output_padding = 2``
-    after, then convolved with the spatially flipped kernel (``transpose_kernel``).
+
+class ConvTransposeX2(nn.Module):
+    """PyTorch ``ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1)``, biased:
+    exactly doubles H and W.
+
     The kernel is stored (kh, kw, out, in), i.e. PyTorch's (in, out, kh, kw)
-    transposed by (2, 3, 1, 0), with no flip.
+    transposed by (2, 3, 1, 0), with no flip (the layout of ``nn.ConvTranspose`` with
+    ``transpose_kernel=True``, and the same initialisation). Computed in sub-pixel
+    form: a 2x2 convolution of the input (zero row and column appended) to the four
+    output phases, then a depth-to-space shuffle, which skips the zeros of the
+    dilated form (a quarter of its FLOPs).
     """
 
     features: int
@@ -402,17 +430,56 @@ class UpBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, cin = x.shape
+        cout = self.features
+        kernel = self.param("kernel", torch_kernel_init, (3, 3, cout, cin), self.param_dtype)
+        bias = self.param("bias", torch_bias_init(cout * 9), (cout,), self.param_dtype)
+        taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
+        k2 = jnp.einsum("yak,xbl,kloi->yxiabo", taps, taps, kernel,
+                        precision=jax.lax.Precision.HIGHEST).reshape(2, 2, cin, 4 * cout)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), k2.astype(self.dtype), (1, 1),
+                                         "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
+        return y.reshape(b, 2 * h, 2 * w, cout) + bias.astype(self.dtype)
+
+
+class UpBlock(nn.Module):
+    """``deconv`` (``ConvTransposeX2``) -> ``bn`` -> SiLU."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.ConvTranspose(
-            self.features, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
-            transpose_kernel=True, use_bias=True, kernel_init=torch_kernel_init,
-            bias_init=torch_bias_init(self.features * 9), dtype=self.dtype,
-            param_dtype=self.param_dtype, name="deconv",
-        )(x)
+        x = ConvTransposeX2(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                            name="deconv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=DECODER_BN_MOMENTUM,
                          epsilon=DECODER_BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="bn")(x)
         return nn.silu(x)
+
+
+class OutputConv(nn.Module):
+    """Biased VALID convolution to few channels (``nn.Conv`` parameters ``kernel``,
+    ``bias``), through :func:`adverse_vision.ops.narrow_conv.narrow_conv`."""
+
+    features: int
+    kernel_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", torch_bias_init(cin * k * k), (self.features,),
+                          self.param_dtype)
+        y = narrow_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
 
 
 class RestorationDecoder(nn.Module):
@@ -437,11 +504,8 @@ class RestorationDecoder(nn.Module):
         x = UpBlock(c3.shape[-1], name="conv_2", **kw)(jnp.concatenate([x, c4], -1), train)
         x = UpBlock(self.channels, name="conv_3", **kw)(jnp.concatenate([x, c3], -1), train)
         _, h, w, _ = x.shape
-        x = resize_bilinear_align_corners(x, 4 * h, 4 * w)
-        x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
-        x = nn.Conv(self.out_channels, (7, 7), padding="VALID", use_bias=True,
-                    kernel_init=torch_kernel_init, bias_init=torch_bias_init(self.channels * 49),
-                    name="conv_4", **kw)(x)
+        x = resize_bilinear_align_corners(x, 4 * h, 4 * w, reflect_pad=3)
+        x = OutputConv(self.out_channels, 7, name="conv_4", **kw)(x)
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -510,7 +574,9 @@ __all__ = [
     "C3TR",
     "DTFE",
     "SCPAFPN",
+    "ConvTransposeX2",
     "MultiheadAttention",
+    "OutputConv",
     "RestorationDecoder",
     "SCBottleneck",
     "SCConv",

@@ -1,0 +1,49 @@
+"""narrow_conv against lax.conv_general_dilated: values and both gradients."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from adverse_vision.ops.narrow_conv import narrow_conv
+
+
+def _conv(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize("shape,kernel_shape", [
+    ((2, 13, 11, 5), (7, 7, 5, 3)),
+    ((1, 9, 12, 4), (3, 5, 4, 1)),
+    ((3, 4, 4, 2), (1, 1, 2, 3)),
+])
+def test_values_and_gradients(shape, kernel_shape):
+    kx, kk, kc = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, kernel_shape)
+    out = jax.jit(narrow_conv)(x, kernel)
+    ref = _conv(x, kernel)
+    assert out.shape == ref.shape
+    assert _rel(out, ref) < 1e-5
+    # a non-uniform output gradient, so that every tap and phase is exercised
+    cot = jax.random.normal(kc, ref.shape)
+
+    def grads(fn):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) * cot), argnums=(0, 1)))(x, kernel)
+
+    for got, want in zip(grads(narrow_conv), grads(_conv)):
+        assert got.shape == want.shape
+        assert _rel(got, want) < 1e-5
+
+
+def test_bad_shapes_are_named():
+    with pytest.raises(ValueError, match="narrow_conv"):
+        narrow_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 5, 3)))
+    with pytest.raises(ValueError, match="smaller than"):
+        narrow_conv(jnp.zeros((1, 4, 8, 4)), jnp.zeros((7, 7, 4, 3)))
