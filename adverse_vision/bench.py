@@ -124,12 +124,25 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
         "infer_flops_per_s": infer_flops / infer_s,
         "peak_host_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     })
+    if cfg.method == "dnhl" and infer_cfg.dnhl.stage != "high":
+        result.update(_denoiser_rate(trainer, holder["state"], batch, infer_steps))
     peak = peak_flops(jax.devices()[0].device_kind, cfg.model.dtype)
     if peak:
         total = peak * jax.device_count()
         result["train_mfu"] = result["train_flops_per_s"] / total
         result["infer_mfu"] = result["infer_flops_per_s"] / total
     return result
+
+
+def _denoiser_rate(trainer, state, batch, steps: int) -> dict[str, Any]:
+    """DN-HL: the denoiser alone on the inference batch, in megapixels per second."""
+    method = trainer.method
+    den, _ = method.split_variables(state.eval_variables())
+    x = batch["image"].astype("float32") / 255.0
+    fn = jax.jit(lambda d, x: method.denoiser.apply(d, x, train=False))
+    seconds = _time(fn, (den, x), steps)
+    pixels = x.shape[0] * x.shape[1] * x.shape[2]
+    return {"denoiser_batch_s": seconds, "denoiser_megapixels_per_s": pixels / seconds / 1e6}
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -149,6 +162,9 @@ def format_result(r: dict[str, Any]) -> str:
         f"({r['infer_flops_per_batch'] / 1e9:.1f} GFLOP per batch)",
         f"peak host memory      {r['peak_host_memory_gib']:9.2f} GiB",
     ]
+    if "denoiser_megapixels_per_s" in r:
+        lines.append(f"denoiser alone         {r['denoiser_batch_s'] * 1e3:9.1f} ms   "
+                     f"{r['denoiser_megapixels_per_s']:8.2f} megapixels/s")
     if "train_mfu" in r:
         lines.append(f"MFU                   train {r['train_mfu']:.1%}, "
                      f"inference {r['infer_mfu']:.1%}")

@@ -9,14 +9,15 @@ anything is compiled.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import ml_collections
 
 from adverse_vision import degrade as degrade_lib
 
-METHODS = ("detection", "togethernet")
-DATASETS = ("scenes", "voc", "coco", "tfds")
+METHODS = ("detection", "togethernet", "dnhl")
+DATASETS = ("scenes", "voc", "coco", "tfds", "scenes_crops", "image_folder", "class_folder",
+            "voc_seg")
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 DTYPES = ("float32", "bfloat16")
 LOSS_VARIANTS = ("yolox", "togethernet")
@@ -61,6 +62,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.restore_weight = 0.8
     c.model.restore_target = "signed"  # clear image in [-1, 1]; "imagenet": the official quirk
     c.model.dropout = 0.1  # transformer dropout in the DTFE
+
+    # DN-HL: a denoiser trained through a frozen classifier or segmenter (method "dnhl")
+    c.dnhl = ml_collections.ConfigDict()
+    c.dnhl.stage = "joint"  # high | denoise | joint
+    c.dnhl.task = "classification"  # classification | segmentation
+    c.dnhl.denoiser_form = "default"  # default ([0,1] RGB, padded) | official (Caffe form)
+    c.dnhl.denoiser_width = 1.0  # channel multiplier of the denoiser
+    c.dnhl.high_width = 1.0  # channel multiplier of the classifier / segmenter convs
+    c.dnhl.high_fc = 0  # fc features (0: 4096 for VGG-16, 1024 for DeepLab-LargeFOV)
+    c.dnhl.high_head = "avg"  # classifier: avg (global pool, any size) | flatten (224 px)
+    c.dnhl.high_dropout = 0.5
+    c.dnhl.high_from = ""  # joint: workdir of the high-level stage (loaded frozen)
+    c.dnhl.sigmas = (30.0,)  # training noise sigmas on the 0-255 scale, one per batch
+    c.dnhl.eval_sigmas = (15.0, 25.0, 50.0)  # evaluate's comparison
+    c.dnhl.val_sigma = 50.0  # noise of the validation runs during training
+    c.dnhl.rec_weight = 0.0038  # w in L_high + w * MSE (MSE on the 0-255 scale)
+    c.dnhl.clip_noisy = False  # clip noisy images to [0, 1]
+    c.dnhl.tile = 140  # tiled inference for whole images of any size
+    c.dnhl.tile_stride = 64
+    c.dnhl.psnr_border = 3
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "scenes"
@@ -188,8 +209,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("total_steps", "batch_size", "image_size", "eval_every", "checkpoint_every", "log_every"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {cfg[key]!r}")
-    if cfg.image_size % 32:
+    if cfg.method in ("detection", "togethernet") and cfg.image_size % 32:
         raise ConfigError(f"config key 'image_size' must be a multiple of 32, got {cfg.image_size}")
+    _check_choice(cfg, "dnhl.stage", ("high", "denoise", "joint"))
+    _check_choice(cfg, "dnhl.task", ("classification", "segmentation"))
+    _check_choice(cfg, "dnhl.denoiser_form", ("default", "official"))
+    _check_choice(cfg, "dnhl.high_head", ("avg", "flatten"))
     for path in ("data.on_bad_box",):
         _check_choice(cfg, path, ("clip", "skip", "error"))
     _check_choice(cfg, "data.on_unknown_class", ("skip", "error"))
@@ -295,3 +320,63 @@ def scenes_smoke(cfg: ml_collections.ConfigDict) -> None:
     cfg.data.num_workers = 0
     cfg.data.max_boxes = 16
     cpu_optimizer(cfg)
+
+
+def dnhl_base(cfg: ml_collections.ConfigDict, task: str) -> None:
+    """DN-HL on clean images (noise is added on the device): SGD with momentum 0.9,
+    the official gradient clipping and reconstruction weight of ``task``."""
+    cfg.method = "dnhl"
+    cfg.dnhl.task = task
+    cfg.dnhl.rec_weight = 0.0038 if task == "classification" else 7.8e-4  # the paper's w
+    cfg.data.degrade = _degrade("none")
+    cfg.data.val_degrade = _degrade("none")
+    cfg.optimizer.name = "sgd"
+    cfg.optimizer.momentum = 0.9
+    cfg.optimizer.nesterov = False
+    cfg.optimizer.ema_decay = 0.0
+    cfg.optimizer.grad_clip = 100.0  # the official gradient clipping
+
+
+def dnhl_tiny(cfg: ml_collections.ConfigDict, *, image_size: int, batch_size: int,
+              steps: int, num_val: int) -> None:
+    """A DN-HL stage of minutes on a CPU: narrow networks, AdamW, no worker processes."""
+    cfg.optimizer.name = "adamw"
+    cfg.optimizer.weight_decay = 1e-4
+    cfg.optimizer.warmup_fraction = 0.05
+    cfg.data.num_workers = 0
+    cfg.image_size = image_size
+    cfg.batch_size = batch_size
+    cfg.total_steps = steps
+    cfg.eval_every = cfg.checkpoint_every = steps // 2
+    cfg.log_every = 50
+    cfg.data.num_train = 4000
+    cfg.data.num_val = num_val
+    cfg.dnhl.denoiser_width = 0.5
+    cfg.dnhl.high_width = 0.25
+    cfg.dnhl.high_fc = 256
+    cfg.dnhl.high_dropout = 0.3
+
+
+def dnhl_variants(cfg: ml_collections.ConfigDict, arg: str, recipes: dict[str, Any],
+                  sgd_lr: dict[str, float],
+                  adamw_lr: Optional[dict[str, float]] = None) -> ml_collections.ConfigDict:
+    """Applies a DN-HL config's variant tokens: ``recipes`` plus the stage tokens
+    ``high``, ``denoise``, ``joint`` (the default) and ``official`` (the Caffe denoiser
+    form). ``base_lr`` per stage comes from ``sgd_lr``, or ``adamw_lr`` when a recipe
+    switched to AdamW."""
+    def stage(name):
+        def recipe(c):
+            c.dnhl.stage = name
+            c.optimizer.base_lr = sgd_lr[name]
+        return recipe
+
+    def official(c):
+        c.dnhl.denoiser_form = "official"
+
+    stages = {name: stage(name) for name in ("high", "denoise", "joint")}
+    stages["joint"](cfg)
+    recipes = {**stages, "official": official, **recipes}
+    cfg = apply_variant_tokens(cfg, arg, recipes)
+    if adamw_lr and cfg.optimizer.name == "adamw":
+        cfg.optimizer.base_lr = adamw_lr[cfg.dnhl.stage]
+    return cfg

@@ -1,9 +1,13 @@
-r"""Evaluate a trained workdir: per-class AP table and mAP@0.5.
+r"""Evaluate a trained workdir.
 
   python -m adverse_vision.evaluate --workdir runs/tiny [--split test] [--checkpoint latest]
 
 The config saved in the workdir rebuilds the model and the data; ``--split`` picks the
-evaluation split (``val`` or ``test``) of the configured dataset.
+evaluation split (``val`` or ``test``) of the configured dataset. Detection runs print
+the per-class AP table and mAP@0.5 (TogetherNet adds the PSNR of its restoration);
+DN-HL runs print the comparison of :mod:`adverse_vision.methods.dnhl_eval` over the
+configured noise levels (``--images FOLDER`` adds whole-image PSNR / SSIM by tiled
+inference).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "The best checkpoint by the validation metric, or the latest.")
 _DEGRADE = flags.DEFINE_string("degrade", None, "Override the evaluation degradation "
                                "(e.g. 'none' for clear images).")
+_IMAGES = flags.DEFINE_string("images", None, "DN-HL: also score the denoisers on the whole "
+                              "images of this folder (tiled inference).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -35,6 +41,14 @@ def main() -> int:
             cfg.data.val_degrade = {"name": _DEGRADE.value}
     per_host = parallel.per_host_batch_size(cfg.eval_batch_size or cfg.batch_size, trainer.mesh)
     data = factory.DataBundle(cfg, per_host_batch=per_host)
+    if cfg.method == "dnhl":
+        from adverse_vision.methods import dnhl_eval  # pylint: disable=import-outside-toplevel
+        rows, table = dnhl_eval.report(trainer, variables, data, _SPLIT.value, _IMAGES.value)
+        print(f"checkpoint step {step} ({_CHECKPOINT.value}), split {_SPLIT.value}, "
+              f"DN-HL stage {cfg.dnhl.stage}")
+        print(table)
+        print(json.dumps({"step": step, "split": _SPLIT.value, "rows": rows}))
+        return 0
     metrics, evaluator = trainer.evaluate(variables, data.val_pipeline(_SPLIT.value))
     print(f"checkpoint step {step} ({_CHECKPOINT.value}), split {_SPLIT.value}, "
           f"degradation {cfg.data.val_degrade.name}")

@@ -206,7 +206,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
         state = trainer.init_state()
-        if cfg.model.init_from:
+        prepare = getattr(trainer.method, "prepare_state", None)
+        if prepare is not None:  # methods whose runs start from earlier stages
+            state = prepare(state, trainer)
+        elif cfg.model.init_from:
             from adverse_vision.convert import pretrained  # pylint: disable=import-outside-toplevel
             state = pretrained.init_state_from(state, cfg.model.init_from, cfg)
     start = int(jax.device_get(state.step))

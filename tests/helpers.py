@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from configs import yolox_scenes
+from configs import dnhl_scenes_cls, dnhl_scenes_seg, yolox_scenes
 
 
 def fill_variables(shapes, seed=0):
@@ -41,10 +41,36 @@ def smoke_config(**overrides):
     cfg.log_every = 1
     cfg.data.num_train = 64
     cfg.data.num_val = 8
+    return _override(cfg, overrides)
+
+
+def _override(cfg, overrides):
     for key, value in overrides.items():
         node = cfg
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
+        if leaf not in node:
+            raise KeyError(f"no config key {key}")
         node[leaf] = value
     return cfg
+
+
+def dnhl_smoke_config(stage: str, task: str = "classification", **overrides):
+    """A very small DN-HL config of ``stage`` (32 px, batch 8, 4 steps); ``overrides``
+    map dotted keys to values."""
+    module = dnhl_scenes_cls if task == "classification" else dnhl_scenes_seg
+    cfg = module.get_config(f"tiny,{stage}")
+    cfg.image_size = 32
+    cfg.batch_size = 8
+    cfg.total_steps = 4
+    cfg.eval_every = cfg.checkpoint_every = 4
+    cfg.log_every = 2
+    cfg.data.num_train = 64
+    cfg.data.num_val = 16
+    cfg.data.scene_size = 64 if task == "classification" else 32
+    cfg.dnhl.denoiser_width = 0.125
+    cfg.dnhl.high_width = 0.0625
+    cfg.dnhl.high_fc = 32
+    cfg.dnhl.eval_sigmas = (25.0, 50.0)
+    return _override(cfg, overrides)

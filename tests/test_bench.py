@@ -5,6 +5,7 @@ import sys
 
 from adverse_vision import bench
 from configs import yolox_scenes
+from tests.helpers import dnhl_smoke_config
 
 
 def test_bench_reports_rates_and_flops():
@@ -27,3 +28,9 @@ def test_bench_rejects_unknown_key():
                            "configs/yolox_scenes.py:smoke", "--config.model.sise=s"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "model.sise" in proc.stderr and "model.size" in proc.stderr
+
+
+def test_bench_dnhl_joint_reports_the_denoiser_alone():
+    r = bench.run(dnhl_smoke_config("joint"), steps=2, infer_steps=2, infer_batch=8, infer_size=64)
+    assert r["train_images_per_s"] > 0 and r["denoiser_megapixels_per_s"] > 0
+    assert "megapixels/s" in bench.format_result(r)

@@ -8,12 +8,17 @@ source for the run summary.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
 
 from adverse_vision.data import pipeline
 from adverse_vision.data.problems import DataPolicy, DataProblems
+
+DNHL_STAGES = ("high", "denoise", "joint")
+DNHL_TASKS = ("classification", "segmentation")
+DNHL_DATASETS = ("scenes", "scenes_crops", "image_folder", "class_folder", "voc_seg")
 
 
 def _plain(x: Any) -> Any:
@@ -32,7 +37,7 @@ class DataBundle:
     def split_name(self, split: str) -> str:
         """The dataset's own name of a run split ("train", "val", "test")."""
         d = self.cfg.data
-        if d.name == "scenes":
+        if d.name in ("scenes", "scenes_crops"):
             return split
         return {"train": d.train_split, "val": d.val_split, "test": d.val_split}[split]
 
@@ -41,8 +46,72 @@ class DataBundle:
             self._sources[split] = self._make_source(split)
         return self._sources[split]
 
+    @property
+    def dnhl_task(self) -> str:
+        """The dense task of a "dnhl" run: "denoise" for the stage "denoise", else
+        ``cfg.dnhl.task``."""
+        stage, task = self.cfg.dnhl.stage, self.cfg.dnhl.task
+        if stage not in DNHL_STAGES:
+            raise ValueError(f"config key 'dnhl.stage' is {stage!r}; choose one of {DNHL_STAGES}")
+        if task not in DNHL_TASKS:
+            raise ValueError(f"config key 'dnhl.task' is {task!r}; choose one of {DNHL_TASKS}")
+        return "denoise" if stage == "denoise" else task
+
+    def _folder_classes(self) -> tuple[str, ...] | None:
+        """``data.class_names``, or when it is empty the sorted class folders of the
+        training split (so every split numbers the classes alike), or None when
+        there is no training folder (each split then uses its own folders)."""
+        d = self.cfg.data
+        if tuple(d.class_names):
+            return tuple(d.class_names)
+        train_root = os.path.join(d.root, self.split_name("train"))
+        if not os.path.isdir(train_root):
+            return None
+        return tuple(sorted(
+            e for e in os.listdir(train_root) if os.path.isdir(os.path.join(train_root, e))
+        )) or None
+
+    def _make_dnhl_source(self, split: str):
+        # pylint: disable=import-outside-toplevel
+        from adverse_vision.data import folders, scenes_tasks
+
+        d = self.cfg.data
+        task = self.dnhl_task
+        problems = DataProblems(f"{d.name} {split}")
+        if d.name == "scenes":
+            if task == "classification":
+                raise ValueError(
+                    "config key 'data.name' is 'scenes' (segmentation masks) but 'dnhl.task' is "
+                    "'classification'; use data.name 'scenes_crops' for classification"
+                )
+            count = d.num_train if split == "train" else d.num_val
+            return scenes_tasks.ScenesSegmentationSource(
+                split=split, num_samples=count, image_size=d.scene_size, seed=d.seed)
+        if d.name == "scenes_crops":
+            count = d.num_train if split == "train" else d.num_val
+            return scenes_tasks.ScenesCropsSource(
+                split=split, num_samples=count, crop_size=self.cfg.image_size,
+                scene_size=d.scene_size, seed=d.seed)
+        if d.name in ("image_folder", "class_folder", "voc_seg") and not d.root:
+            raise ValueError(f"config key 'data.root' is empty; data.name {d.name!r} needs it")
+        if d.name == "image_folder":
+            return folders.ImageFolderSource(
+                os.path.join(d.root, self.split_name(split)), problems=problems, policy=self.policy)
+        if d.name == "class_folder":
+            return folders.ClassFolderSource(
+                os.path.join(d.root, self.split_name(split)),
+                class_names=self._folder_classes(), problems=problems, policy=self.policy)
+        if d.name == "voc_seg":
+            return folders.VOCSegmentationSource(
+                d.root, self.split_name(split), problems=problems, policy=self.policy)
+        raise ValueError(
+            f"config key 'data.name' is {d.name!r}; method 'dnhl' reads one of {DNHL_DATASETS}"
+        )
+
     def _make_source(self, split: str):
         d = self.cfg.data
+        if self.cfg.method == "dnhl":
+            return self._make_dnhl_source(split)
         class_names = tuple(d.class_names)
         class_map = dict(_plain(d.class_map)) or None
         problems = DataProblems(f"{d.name} {split}")
@@ -69,6 +138,14 @@ class DataBundle:
 
     def _pipeline(self, split: str, train: bool):
         d = self.cfg.data
+        if self.cfg.method == "dnhl":
+            from adverse_vision.data.dense import make_dense_pipeline  # pylint: disable=import-outside-toplevel
+            return make_dense_pipeline(
+                self.source(split), batch_size=self.per_host_batch,
+                image_size=self.cfg.image_size, train=train, task=self.dnhl_task,
+                seed=self.cfg.seed,
+                augment={"scale": _plain(d.augment.scale), "flip": d.augment.flip},
+                num_workers=d.num_workers)
         return pipeline.make_pipeline(
             self.source(split), batch_size=self.per_host_batch, image_size=self.cfg.image_size,
             max_boxes=d.max_boxes, train=train, seed=self.cfg.seed,

@@ -41,7 +41,7 @@ the letterboxed image only: padding stays the same grey in ``image`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 import json
 import math
 from typing import Any
@@ -304,10 +304,98 @@ def _ensure_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _positive_int(name: str, value: Any) -> int:
+def _positive_int(name: str, value: Any, caller: str = "make_pipeline") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"make_pipeline: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def check_common(caller: str, source: Any, *, batch_size: Any, num_workers: Any, seed: Any,
+                 num_epochs: Any, process_index: Any, process_count: Any) -> dict[str, Any]:
+    """Validates the arguments every pipeline builder shares and reads the first record.
+
+    Returns ``batch_size``, ``num_epochs``, ``process_index``, ``process_count`` (from
+    JAX when None) as checked ints, ``n`` (the source length) and ``first`` (record 0).
+    Raises ValueError naming ``caller`` and the argument.
+    """
+    batch_size = _positive_int("batch_size", batch_size, caller)
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, (int, np.integer))
+        or num_workers < 0
+    ):
+        raise ValueError(f"{caller}: num_workers must be an int >= 0, got {num_workers!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{caller}: seed must be an int >= 0, got {seed!r}")
+    if num_epochs is not None:
+        num_epochs = _positive_int("num_epochs", num_epochs, caller)
+    if process_index is None or process_count is None:
+        import jax  # pylint: disable=import-outside-toplevel
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    process_count = _positive_int("process_count", process_count, caller)
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"{caller}: process_index must be in [0, {process_count}), got {process_index}"
+        )
+    if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
+        raise ValueError(f"{caller}: source {type(source).__name__} needs __len__ and __getitem__")
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"{caller}: source {type(source).__name__} is empty")
+    first = source[0]
+    if not isinstance(first, Mapping):
+        raise ValueError(
+            f"{caller}: source {type(source).__name__} must return dict records,"
+            f" got {type(first).__name__}"
+        )
+    return {"batch_size": batch_size, "num_epochs": num_epochs,
+            "process_index": int(process_index), "process_count": process_count,
+            "n": n, "first": first}
+
+
+def batched(source: Any, *, caller: str, train: bool, train_map: grain.transforms.RandomMap,
+            eval_map: grain.transforms.Map, batch_size: int, seed: int, process_index: int,
+            process_count: int, num_epochs: int | None, drop_remainder: bool,
+            num_workers: int, read_threads: int, prefetch_batches: int) -> grain.IterDataset:
+    """This host's share of ``source``, processed and batched.
+
+    Training: an equal share per host, shuffled every epoch, repeated, ``train_map``
+    with per-element random numbers, batched. Evaluation: one pass with the last batch
+    padded by invalid samples (``eval_map`` sees records carrying the pad flag).
+    Then read threads, prefetching and, with ``num_workers``, worker processes.
+    """
+    n = len(source)
+    indexed = grain.MapDataset.source(source).map_with_index(_AttachIndex(n))
+    if train:
+        per_host = n // process_count
+        if per_host == 0:
+            raise ValueError(f"{caller}: {n} samples cannot be split over {process_count} processes")
+        ds = indexed[process_index::process_count]
+        if process_count > 1:
+            # Equal shares, so every host runs the same number of steps per epoch.
+            ds = ds[:per_host]
+        shuffle_seed, map_seed = (
+            int(v) for v in np.random.SeedSequence([seed, process_index]).generate_state(2)
+        )
+        ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+        ds = ds.random_map(train_map, seed=map_seed)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        indices = np.arange(process_index, n, process_count)
+        total = num_eval_batches(n, batch_size, process_count) * batch_size
+        ds = grain.MapDataset.range(total).map(_PaddedShard(indexed, indices))
+        ds = ds.map(eval_map)
+        ds = ds.batch(batch_size, drop_remainder=False)
+
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    )
+    if num_workers > 0:
+        _ensure_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers)))
+    return it_ds
 
 
 def make_pipeline(
@@ -354,43 +442,12 @@ def make_pipeline(
       A ``grain.IterDataset``; ``iter()`` on it gives a checkpointable
       ``grain.DatasetIterator`` (see :func:`get_state` / :func:`set_state`).
     """
-    batch_size = _positive_int("batch_size", batch_size)
+    common = check_common("make_pipeline", source, batch_size=batch_size,
+                          num_workers=num_workers, seed=seed, num_epochs=num_epochs,
+                          process_index=process_index, process_count=process_count)
     image_size = _positive_int("image_size", image_size)
     max_boxes = _positive_int("max_boxes", max_boxes)
-    if (
-        isinstance(num_workers, bool)
-        or not isinstance(num_workers, (int, np.integer))
-        or num_workers < 0
-    ):
-        raise ValueError(f"make_pipeline: num_workers must be an int >= 0, got {num_workers!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"make_pipeline: seed must be an int >= 0, got {seed!r}")
-    if num_epochs is not None:
-        num_epochs = _positive_int("num_epochs", num_epochs)
-    if process_index is None or process_count is None:
-        import jax  # pylint: disable=import-outside-toplevel
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    process_count = _positive_int("process_count", process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"make_pipeline: process_index must be in [0, {process_count}), got {process_index}"
-        )
-    if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
-        raise ValueError(
-            f"make_pipeline: source {type(source).__name__} needs __len__ and __getitem__"
-        )
-    n = len(source)
-    if n == 0:
-        raise ValueError(f"make_pipeline: source {type(source).__name__} is empty")
-
-    first = source[0]
-    if not isinstance(first, Mapping):
-        raise ValueError(
-            f"make_pipeline: source {type(source).__name__} must return dict records,"
-            f" got {type(first).__name__}"
-        )
+    first = common["first"]
     aug.check_record(first)
     optional_keys = tuple(k for k in OPTIONAL_KEYS if k in first)
     specs = normalize_degrade(degrade)
@@ -405,38 +462,13 @@ def make_pipeline(
         degrade_specs=specs,
         optional_keys=optional_keys,
     )
-
-    indexed = grain.MapDataset.source(source).map_with_index(_AttachIndex(n))
-    if train:
-        per_host = n // process_count
-        if per_host == 0:
-            raise ValueError(
-                f"make_pipeline: {n} samples cannot be split over {process_count} processes"
-            )
-        ds = indexed[process_index::process_count]
-        if process_count > 1:
-            # Equal shares, so every host runs the same number of steps per epoch.
-            ds = ds[:per_host]
-        shuffle_seed, map_seed = (
-            int(v) for v in np.random.SeedSequence([seed, process_index]).generate_state(2)
-        )
-        ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
-        ds = ds.random_map(_TrainMap(processor), seed=map_seed)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    else:
-        indices = np.arange(process_index, n, process_count)
-        total = num_eval_batches(n, batch_size, process_count) * batch_size
-        ds = grain.MapDataset.range(total).map(_PaddedShard(indexed, indices))
-        ds = ds.map(_EvalMap(processor, int(seed)))
-        ds = ds.batch(batch_size, drop_remainder=False)
-
-    it_ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-    )
-    if num_workers > 0:
-        _ensure_flags_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers)))
-    return it_ds
+    return batched(
+        source, caller="make_pipeline", train=train, train_map=_TrainMap(processor),
+        eval_map=_EvalMap(processor, int(seed)), batch_size=common["batch_size"], seed=int(seed),
+        process_index=common["process_index"], process_count=common["process_count"],
+        num_epochs=common["num_epochs"], drop_remainder=drop_remainder,
+        num_workers=int(num_workers), read_threads=read_threads,
+        prefetch_batches=prefetch_batches)
 
 
 # ----------------------------------------------------------------------------

@@ -20,4 +20,7 @@ def build(cfg: ml_collections.ConfigDict):
     if cfg.method == "togethernet":
         from adverse_vision.methods.togethernet import TogetherNetMethod  # pylint: disable=import-outside-toplevel
         return TogetherNetMethod(cfg)
+    if cfg.method == "dnhl":
+        from adverse_vision.methods.dnhl import DNHLMethod  # pylint: disable=import-outside-toplevel
+        return DNHLMethod(cfg)
     raise ValueError(f"config key 'method' is {cfg.method!r}; no such method")
