@@ -351,7 +351,7 @@ def dnhl_tiny(cfg: ml_collections.ConfigDict, *, image_size: int, batch_size: in
     cfg.log_every = 50
     cfg.data.num_train = 4000
     cfg.data.num_val = num_val
-    cfg.dnhl.denoiser_width = 0.5
+    cfg.dnhl.denoiser_width = 0.25
     cfg.dnhl.high_width = 0.25
     cfg.dnhl.high_fc = 256
     cfg.dnhl.high_dropout = 0.3

@@ -18,8 +18,8 @@ Variants (comma-separated tokens after the colon):
   high, denoise, joint   the stage (joint is the default).
   (none)   full-width denoiser (1.03 M parameters) and a VGG-16-layout classifier at
            half width, 96 px crops, batch 64, SGD with momentum 0.9.
-  tiny     CPU run: 64 px crops, batch 32, denoiser at half width, classifier at a
-           quarter width with 256-wide fc layers, AdamW; a few minutes per stage.
+  tiny     CPU run: 64 px crops, batch 32, denoiser and classifier at a quarter
+           width with 256-wide fc layers, AdamW; a few minutes per stage.
   official the Caffe denoiser form (unpadded 5x5 / 3x3 convs, BGR 0-255 inside; its
            output, and so the classifier's input, is 6 px smaller).
   bf16     compute in bfloat16.

@@ -18,8 +18,8 @@ Variants (comma-separated tokens after the colon):
   high, denoise, joint   the stage (joint is the default).
   (none)   full-width denoiser and a DeepLab-LargeFOV segmenter at half width, 192 px
            scenes, batch 32, SGD with momentum 0.9.
-  tiny     CPU run: 96 px scenes, batch 16, denoiser at half width, segmenter at a
-           quarter width with 256-wide fc layers, AdamW; a few minutes per stage.
+  tiny     CPU run: 96 px scenes, batch 16, denoiser and segmenter at a quarter
+           width with 256-wide fc layers, AdamW; a few minutes per stage.
   official the Caffe denoiser form (unpadded 5x5 / 3x3 convs, BGR 0-255 inside; its
            output, and so the segmenter's input, is 6 px smaller).
   bf16     compute in bfloat16.

@@ -77,7 +77,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adverse_vision.models.layers import param_count, torch_bias_init, torch_kernel_init
+from adverse_vision.models.layers import (
+    NarrowConv,
+    TorchConvTranspose,
+    param_count,
+    torch_bias_init,
+    torch_kernel_init,
+)
 
 Dtype = Any
 
@@ -247,14 +253,9 @@ class Denoiser(nn.Module):
                                 param_dtype=self.param_dtype, name=name)
 
         def up(features, name):
-            # A Caffe/PyTorch 4x4 stride-2 pad-1 deconvolution: the transpose of a
-            # 4x4 stride-2 conv padded by 1, i.e. padding 4 - 1 - 1 = 2 per side on
-            # the dilated input; it exactly doubles H and W.
-            fan_in = 16 * features
-            return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                                    transpose_kernel=True, kernel_init=torch_kernel_init,
-                                    bias_init=torch_bias_init(fan_in), dtype=self.dtype,
-                                    param_dtype=self.param_dtype, name=name)
+            # A Caffe/PyTorch 4x4 stride-2 pad-1 deconvolution: exactly doubles H and W.
+            return TorchConvTranspose(features, 4, stride=2, padding=1, dtype=self.dtype,
+                                      param_dtype=self.param_dtype, name=name)
 
         x = x.astype(jnp.float32)
         inp = rgb_to_caffe(x) if official else x
@@ -270,9 +271,9 @@ class Denoiser(nn.Module):
         h = ResidualBottleneck(ch(64), self.dtype, self.param_dtype, name="residual_3")(h, train)
         h = up(ch(64), "upsample_r3")(h)
         h = jnp.concatenate([f0, h], axis=-1).astype(jnp.float32)
-        residual = conv(h, 3, 3, "concat_reduction", pad=0 if official else 1,
-                        kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
-                        dtype=jnp.float32)
+        residual = NarrowConv(3, 3, padding=0 if official else 1,
+                              kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                              param_dtype=self.param_dtype, name="concat_reduction")(h)
         if official:
             c = OFFICIAL_CROP
             # caffe_to_rgb(rgb_to_caffe(x)[crop] + residual), written so that a zero

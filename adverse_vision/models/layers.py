@@ -31,6 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adverse_vision.ops.conv_transpose import conv_transpose
+from adverse_vision.ops.narrow_conv import narrow_conv
+
 Dtype = Any
 
 #: BatchNorm constants of the YOLOX family.
@@ -289,6 +292,60 @@ class SPPBottleneck(nn.Module):
 def upsample_nearest(x: jax.Array, factor: int = 2) -> jax.Array:
     """Nearest-neighbour upsampling of an NHWC map by an integer factor."""
     return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+class TorchConvTranspose(nn.Module):
+    """PyTorch ``ConvTranspose2d(k, stride, padding, output_padding)``, biased, in the
+    sub-pixel form of :func:`adverse_vision.ops.conv_transpose.conv_transpose`.
+
+    Parameters ``kernel`` ``(k, k, out, in)`` and ``bias``, laid out and initialised as
+    ``nn.ConvTranspose(transpose_kernel=True)`` with PyTorch's default initialisers.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int
+    output_padding: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cout = self.kernel_size, self.features
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cout, x.shape[-1]),
+                            self.param_dtype)
+        bias = self.param("bias", torch_bias_init(cout * k * k), (cout,), self.param_dtype)
+        y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                           self.padding, self.output_padding)
+        return y + bias.astype(self.dtype)
+
+
+class NarrowConv(nn.Module):
+    """Biased stride-1 convolution to few channels (an RGB output layer), zero padded
+    by ``padding``, through :func:`adverse_vision.ops.narrow_conv.narrow_conv` (fast on
+    CPU). Parameters ``kernel``, ``bias`` as ``nn.Conv``."""
+
+    features: int
+    kernel_size: int
+    padding: int = 0
+    kernel_init: Callable[..., jax.Array] = torch_kernel_init
+    bias_init: Callable[..., jax.Array] | None = None  # None: PyTorch's default
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init or torch_bias_init(cin * k * k),
+                          (self.features,), self.param_dtype)
+        x = x.astype(self.dtype)
+        if self.padding:
+            p = self.padding
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        return narrow_conv(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 def param_count(variables: Any) -> int:

@@ -70,13 +70,14 @@ import numpy as np
 
 from adverse_vision.models.layers import (
     ConvBNAct,
+    NarrowConv,
+    TorchConvTranspose,
     param_count,
     torch_bias_init,
     torch_kernel_init,
 )
 from adverse_vision.models.yolox import PAFPN, YOLOX, YOLOXSize
 from adverse_vision.ops.deform_conv import ModulatedDeformConv
-from adverse_vision.ops.narrow_conv import narrow_conv
 
 Dtype = Any
 
@@ -406,47 +407,10 @@ class DTFE(nn.Module):
 # --------------------------------------------------------------------------- decoder
 
 
-#: Kernel index of PyTorch's ``ConvTranspose2d(k=3, stride=2, padding=1)`` along one
-#: axis for output phase ``a`` (even 0 / odd 1) and input tap ``d`` (``m + d`` feeds
-#: output ``2m + a``): ``out[2m] = x[m] W[1]``, ``out[2m+1] = x[m] W[2] + x[m+1] W[0]``.
-_PHASE_TAPS = np.zeros((2, 2, 3), np.float32)  # (tap d, phase a, kernel index k)
-_PHASE_TAPS[0, 0, 1] = _PHASE_TAPS[0, 1, 2] = _PHASE_TAPS[1, 1, 0] = 1.0
-
-
-class ConvTransposeX2(nn.Module):
-    """PyTorch ``ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1)``, biased:
-    exactly doubles H and W.
-
-    The kernel is stored (kh, kw, out, in), i.e. PyTorch's (in, out, kh, kw)
-    transposed by (2, 3, 1, 0), with no flip (the layout of ``nn.ConvTranspose`` with
-    ``transpose_kernel=True``, and the same initialisation). Computed in sub-pixel
-    form: a 2x2 convolution of the input (zero row and column appended) to the four
-    output phases, then a depth-to-space shuffle, which skips the zeros of the
-    dilated form (a quarter of its FLOPs).
-    """
-
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, cin = x.shape
-        cout = self.features
-        kernel = self.param("kernel", torch_kernel_init, (3, 3, cout, cin), self.param_dtype)
-        bias = self.param("bias", torch_bias_init(cout * 9), (cout,), self.param_dtype)
-        taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
-        k2 = jnp.einsum("yak,xbl,kloi->yxiabo", taps, taps, kernel,
-                        precision=jax.lax.Precision.HIGHEST).reshape(2, 2, cin, 4 * cout)
-        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), k2.astype(self.dtype), (1, 1),
-                                         "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
-        return y.reshape(b, 2 * h, 2 * w, cout) + bias.astype(self.dtype)
-
-
 class UpBlock(nn.Module):
-    """``deconv`` (``ConvTransposeX2``) -> ``bn`` -> SiLU."""
+    """``deconv`` (PyTorch ``ConvTranspose2d(k=3, stride=2, padding=1,
+    output_padding=1)``, biased: exactly doubles H and W; sub-pixel form) -> ``bn`` ->
+    SiLU."""
 
     features: int
     dtype: Dtype = jnp.float32
@@ -454,32 +418,12 @@ class UpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvTransposeX2(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name="deconv")(x)
+        x = TorchConvTranspose(self.features, 3, stride=2, padding=1, output_padding=1,
+                               dtype=self.dtype, param_dtype=self.param_dtype, name="deconv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=DECODER_BN_MOMENTUM,
                          epsilon=DECODER_BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="bn")(x)
         return nn.silu(x)
-
-
-class OutputConv(nn.Module):
-    """Biased VALID convolution to few channels (``nn.Conv`` parameters ``kernel``,
-    ``bias``), through :func:`adverse_vision.ops.narrow_conv.narrow_conv`."""
-
-    features: int
-    kernel_size: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, cin = self.kernel_size, x.shape[-1]
-        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features),
-                            self.param_dtype)
-        bias = self.param("bias", torch_bias_init(cin * k * k), (self.features,),
-                          self.param_dtype)
-        y = narrow_conv(x.astype(self.dtype), kernel.astype(self.dtype))
-        return y + bias.astype(self.dtype)
 
 
 class RestorationDecoder(nn.Module):
@@ -505,7 +449,7 @@ class RestorationDecoder(nn.Module):
         x = UpBlock(self.channels, name="conv_3", **kw)(jnp.concatenate([x, c3], -1), train)
         _, h, w, _ = x.shape
         x = resize_bilinear_align_corners(x, 4 * h, 4 * w, reflect_pad=3)
-        x = OutputConv(self.out_channels, 7, name="conv_4", **kw)(x)
+        x = NarrowConv(self.out_channels, 7, name="conv_4", **kw)(x)
         return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -574,9 +518,7 @@ __all__ = [
     "C3TR",
     "DTFE",
     "SCPAFPN",
-    "ConvTransposeX2",
     "MultiheadAttention",
-    "OutputConv",
     "RestorationDecoder",
     "SCBottleneck",
     "SCConv",

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from adverse_vision.models.layers import param_count, torch_bias_init, torch_kernel_init
+from adverse_vision.models.layers import param_count
 from adverse_vision.models.togethernet import (
-    ConvTransposeX2,
     SCBottleneck,
     TogetherNet,
     UpBlock,
@@ -100,29 +99,6 @@ def test_bilinear_align_corners(hw, out):
         np.testing.assert_allclose(got[0, :, :, c], ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[0, [0, 0, -1, -1], [0, -1, 0, -1]],
                                   x[0, [0, 0, -1, -1], [0, -1, 0, -1]])
-
-
-def test_conv_transpose_x2_matches_flax_conv_transpose_and_its_gradient():
-    """Same variables, same initial values, same outputs and gradients as the
-    dilated form (``nn.ConvTranspose`` with PyTorch's padding)."""
-    import flax.linen as nn  # pylint: disable=import-outside-toplevel
-    x = jax.random.normal(_key(), (2, 5, 6, 8))
-    new = ConvTransposeX2(4)
-    old = nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)),
-                           transpose_kernel=True, kernel_init=torch_kernel_init,
-                           bias_init=torch_bias_init(4 * 9))
-    variables = new.init(_key(), x)
-    np.testing.assert_array_equal(variables["params"]["kernel"],
-                                  old.init(_key(), x)["params"]["kernel"])
-
-    def grads(module):
-        return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
-            variables, x)
-
-    np.testing.assert_allclose(new.apply(variables, x), old.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads(new)), jax.tree.leaves(grads(old))):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_bilinear_then_reflection_pad():
