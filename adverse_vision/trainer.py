@@ -133,13 +133,17 @@ class Trainer:
         return self._predict
 
     # ----------------------------------------------------------------- eval
-    def evaluate(self, variables: dict[str, Any], pipeline) -> tuple[dict[str, float], Any]:
-        """One pass over an evaluation pipeline; returns (metrics, evaluator)."""
+    def evaluate(self, variables: dict[str, Any], pipeline,
+                 predict: Optional[Callable] = None) -> tuple[dict[str, float], Any]:
+        """One pass over an evaluation pipeline; returns (metrics, evaluator).
+        ``predict(batch) -> outputs`` replaces the method's prediction with
+        ``variables`` (a method's own comparisons, e.g. DN-HL's denoisers)."""
         evaluator = self.method.make_evaluator()
         with contextlib.closing(iter(pipeline)) as batches:  # stops its worker processes
             for local in batches:
                 batch = parallel.global_batch(local, self.mesh)
-                outputs = parallel.to_host(self.predict(variables, batch))
+                out = predict(batch) if predict is not None else self.predict(variables, batch)
+                outputs = parallel.to_host(out)
                 # Every host needs the whole evaluation set (mAP sorts over all of it),
                 # but only the entries the evaluator reads.
                 wanted = {k: v for k, v in batch.items() if k in self.method.eval_keys}

@@ -17,13 +17,11 @@ overlaps averaged), with noise drawn from a generator seeded by the image's posi
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Optional
 
 import jax
 import numpy as np
 
-from adverse_vision import parallel
 from adverse_vision.metrics.image import psnr, ssim
 from adverse_vision.methods.dnhl import MAX_PSNR, denoiser_crop, load_stage, DENOISER_KEYS
 from adverse_vision.ops.tiles import tiled_apply
@@ -34,20 +32,25 @@ IMAGE_NOISE_SEED = 0x1A6E
 
 def _pass(trainer, fn, data, split: str) -> dict[str, float]:
     """One pass of ``fn(batch) -> outputs`` over an evaluation split."""
-    method = trainer.method
-    evaluator = method.make_evaluator()
-    with contextlib.closing(iter(data.val_pipeline(split))) as batches:
-        for local in batches:
-            batch = parallel.global_batch(local, trainer.mesh)
-            outputs = parallel.to_host(fn(batch))
-            wanted = {k: v for k, v in batch.items() if k in method.eval_keys}
-            evaluator.add(outputs, parallel.to_host(wanted))
-    return evaluator.compute()
+    metrics, _ = trainer.evaluate(None, data.val_pipeline(split), predict=fn)
+    return metrics
 
 
-def _rows(trainer, variables, data, split: str, sigmas) -> list[dict[str, Any]]:
+def _denoisers(trainer, variables) -> list[tuple[str, dict[str, Any]]]:
+    """(row name, denoiser variables) of a run: its own denoiser, and for a joint run
+    first the MSE-only denoiser it started from."""
     method = trainer.method
-    den, high = method.split_variables(variables)
+    den, _ = method.split_variables(variables)
+    if method.stage == "denoise":
+        return [("denoiser", den)]
+    if method.stage == "joint":
+        return [("MSE-only denoiser", load_mse_denoiser(trainer.cfg)), ("joint denoiser", den)]
+    return []
+
+
+def _rows(trainer, variables, data, split: str, sigmas, denoisers) -> list[dict[str, Any]]:
+    method = trainer.method
+    _, high = method.split_variables(variables)
     with_den = jax.jit(lambda d, h, b, s: method.run(d, h, b, s))
     no_den = jax.jit(lambda h, b, s: method.run(None, h, b, s))
     rows = []
@@ -55,12 +58,6 @@ def _rows(trainer, variables, data, split: str, sigmas) -> list[dict[str, Any]]:
         clean = jax.jit(lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
         rows.append({"sigma": 0.0, "input": "clean",
                      **_pass(trainer, lambda b: clean(high, b), data, split)})
-    denoisers = []
-    if method.stage == "denoise":
-        denoisers = [("denoiser", den)]
-    elif method.stage == "joint":
-        mse = load_mse_denoiser(trainer.cfg)
-        denoisers = [("MSE-only denoiser", mse), ("joint denoiser", den)]
     for sigma in sigmas:
         s = float(sigma)
         # (for the denoising stages this includes the PSNR of the noisy input itself)
@@ -79,14 +76,11 @@ def load_mse_denoiser(cfg) -> dict[str, Any]:
     return {k: v for k, v in variables.items() if k != "frozen"}
 
 
-def image_rows(trainer, variables, folder: str, sigmas) -> list[dict[str, Any]]:
-    """PSNR / SSIM of whole images of ``folder`` (tiled inference) per sigma."""
+def image_rows(trainer, folder: str, sigmas, denoisers) -> list[dict[str, Any]]:
+    """PSNR / SSIM of whole images of ``folder`` (tiled inference) per sigma, for the
+    noisy input and each ``(name, denoiser variables)`` of ``denoisers``."""
     from adverse_vision.data.folders import ImageFolderSource  # pylint: disable=import-outside-toplevel
     method, cfg = trainer.method, trainer.cfg
-    den, _ = method.split_variables(variables)
-    denoisers = [("denoiser", den)] if method.stage == "denoise" else []
-    if method.stage == "joint":
-        denoisers = [("MSE-only denoiser", load_mse_denoiser(cfg)), ("joint denoiser", den)]
     margin = denoiser_crop(cfg.dnhl.denoiser_form)
     apply = jax.jit(lambda d, x: method.denoiser.apply(d, x, train=False))
     source = ImageFolderSource(folder)
@@ -137,10 +131,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def report(trainer, variables, data, split: str, images: Optional[str] = None):
     """(rows, table text) of a DN-HL run; see the module docstring."""
     sigmas = tuple(trainer.cfg.dnhl.eval_sigmas)
-    rows = _rows(trainer, variables, data, split, sigmas)
+    denoisers = _denoisers(trainer, variables)
+    rows = _rows(trainer, variables, data, split, sigmas, denoisers)
     text = format_table(rows)
     if images:
-        extra = image_rows(trainer, variables, images, sigmas)
+        extra = image_rows(trainer, images, sigmas, denoisers)
         text += f"\n\nwhole images of {images} (tiled inference):\n" + format_table(extra)
         rows = rows + [dict(r, images_folder=images) for r in extra]
     return rows, text
