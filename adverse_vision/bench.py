@@ -6,6 +6,9 @@ r"""Benchmark a config's train step and inference on the local devices.
 Prints train-step images/s, inference images/s, compile seconds, peak host memory and
 the achieved FLOP/s from XLA's cost analysis (with MFU where the device's peak is
 known). Timings exclude compilation and use a fixed batch already on the devices.
+DN-HL configs add the denoiser alone (megapixels/s); BDLF configs add the fusion
+network alone (megapixels/s) and the bi-level step with and without the
+hypergradient against a plain step on the fusion loss (the hypergradient's overhead).
 """
 
 from __future__ import annotations
@@ -99,13 +102,17 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
         return metrics
 
     train_s = _time(step, (batch,), steps)
+    extra = {}
+    if cfg.method == "bdlf" and cfg.bdlf.mode == "bilevel":
+        extra = _bilevel_steps(cfg, trainer, holder.pop("state"), batch, steps)
+        holder["state"] = trainer.init_state()
     result = {
         "config": {"model": dict(cfg.model), "image_size": cfg.image_size,
                    "batch_size": cfg.batch_size},
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "train_step_s": train_s, "train_images_per_s": cfg.batch_size / train_s,
         "train_compile_s": train_compile, "train_flops_per_step": train_flops,
-        "train_flops_per_s": train_flops / train_s,
+        "train_flops_per_s": train_flops / train_s, **extra,
     }
 
     infer_cfg = cfg.copy_and_resolve_references()
@@ -126,6 +133,8 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
     })
     if cfg.method == "dnhl" and infer_cfg.dnhl.stage != "high":
         result.update(_denoiser_rate(trainer, holder["state"], batch, infer_steps))
+    if cfg.method == "bdlf":
+        result.update(_fusion_rate(trainer, holder["state"], batch, infer_steps))
     peak = peak_flops(jax.devices()[0].device_kind, cfg.model.dtype)
     if peak:
         total = peak * jax.device_count()
@@ -143,6 +152,51 @@ def _denoiser_rate(trainer, state, batch, steps: int) -> dict[str, Any]:
     seconds = _time(fn, (den, x), steps)
     pixels = x.shape[0] * x.shape[1] * x.shape[2]
     return {"denoiser_batch_s": seconds, "denoiser_megapixels_per_s": pixels / seconds / 1e6}
+
+
+def _fusion_rate(trainer, state, batch, steps: int) -> dict[str, Any]:
+    """BDLF: the fusion network alone on the inference batch, in megapixels per second."""
+    from adverse_vision.ops.color import luminance  # pylint: disable=import-outside-toplevel
+    method = trainer.method
+    if not method.fuses:
+        return {}
+    theta = {"params": state.eval_variables()["params"]["fusion"]}
+    ir = batch["thermal"].astype("float32") / 255.0
+    y = luminance(batch["image"].astype("float32") / 255.0)
+    fn = jax.jit(lambda t, ir, y: method.fusion.apply(t, ir, y))
+    seconds = _time(fn, (theta, ir, y), steps)
+    pixels = ir.shape[0] * ir.shape[1] * ir.shape[2]
+    return {"fusion_batch_s": seconds, "fusion_megapixels_per_s": pixels / seconds / 1e6}
+
+
+def _step_at(trainer, state, batch, step: int, steps: int) -> float:
+    """Seconds of the train step taken at iteration ``step`` every time."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    holder = {"state": state.replace(step=jnp.asarray(step, jnp.int32))}
+
+    def call(b):
+        new, metrics = trainer.train_step(holder["state"], b)
+        holder["state"] = new.replace(step=jnp.asarray(step, jnp.int32))
+        return metrics
+
+    return _time(call, (batch,), steps)
+
+
+def _bilevel_steps(cfg, trainer, state, batch, steps: int) -> dict[str, Any]:
+    """BDLF: the iteration with the hypergradient, the one without, their average over
+    ``upper_every`` iterations, and a plain step of the same networks with the fusion
+    network on the fusion loss alone (mode "fusion_loss"), all at the same batch size."""
+    k = int(cfg.bdlf.upper_every)
+    hyper = _step_at(trainer, state, batch, 0, steps)
+    lower = _step_at(trainer, trainer.init_state(), batch, 1, steps) if k > 1 else hyper
+    plain_cfg = cfg.copy_and_resolve_references()
+    plain_cfg.bdlf.mode = "fusion_loss"
+    plain_trainer, plain_state, plain_batch = _setup(plain_cfg)
+    plain = _step_at(plain_trainer, plain_state, plain_batch, 0, steps)
+    mean = (hyper + (k - 1) * lower) / k
+    return {"bilevel_hyper_step_s": hyper, "bilevel_lower_step_s": lower,
+            "bilevel_mean_step_s": mean, "plain_fusion_step_s": plain,
+            "hyper_over_plain": hyper / plain, "mean_over_plain": mean / plain}
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -165,6 +219,22 @@ def format_result(r: dict[str, Any]) -> str:
     if "denoiser_megapixels_per_s" in r:
         lines.append(f"denoiser alone         {r['denoiser_batch_s'] * 1e3:9.1f} ms   "
                      f"{r['denoiser_megapixels_per_s']:8.2f} megapixels/s")
+    if "fusion_megapixels_per_s" in r:
+        lines.append(f"fusion network alone  {r['fusion_batch_s'] * 1e3:9.1f} ms   "
+                     f"{r['fusion_megapixels_per_s']:8.2f} megapixels/s")
+    if "bilevel_hyper_step_s" in r:
+        lines += [
+            f"bi-level step, hyper  {r['bilevel_hyper_step_s'] * 1e3:9.1f} ms   "
+            f"(critic, task networks and the fusion network's hypergradient)",
+            f"bi-level step, lower  {r['bilevel_lower_step_s'] * 1e3:9.1f} ms   "
+            f"(critic and task networks only)",
+            f"bi-level mean step    {r['bilevel_mean_step_s'] * 1e3:9.1f} ms   "
+            f"(over one fusion period)",
+            f"plain fusion step     {r['plain_fusion_step_s'] * 1e3:9.1f} ms   "
+            f"(fusion loss alone, same networks)",
+            f"hypergradient overhead  hyper step {r['hyper_over_plain']:.2f}x, "
+            f"mean step {r['mean_over_plain']:.2f}x the plain step",
+        ]
     if "train_mfu" in r:
         lines.append(f"MFU                   train {r['train_mfu']:.1%}, "
                      f"inference {r['infer_mfu']:.1%}")

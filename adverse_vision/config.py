@@ -15,9 +15,11 @@ import ml_collections
 
 from adverse_vision import degrade as degrade_lib
 
-METHODS = ("detection", "togethernet", "dnhl")
+METHODS = ("detection", "togethernet", "dnhl", "bdlf")
 DATASETS = ("scenes", "voc", "coco", "tfds", "scenes_crops", "image_folder", "class_folder",
-            "voc_seg")
+            "voc_seg", "m3fd", "mfnet", "fusion_folder")
+BDLF_MODES = ("bilevel", "fusion_loss", "visible", "infrared")
+BDLF_BRANCHES = ("critic", "detection", "segmentation")
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 DTYPES = ("float32", "bfloat16")
 LOSS_VARIANTS = ("yolox", "togethernet")
@@ -83,6 +85,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.dnhl.tile_stride = 64
     c.dnhl.psnr_border = 3
 
+    # BDLF: infrared-visible fusion trained as a bi-level problem (method "bdlf")
+    c.bdlf = ml_collections.ConfigDict()
+    c.bdlf.mode = "bilevel"  # bilevel | fusion_loss (theta on the fusion loss alone) | visible | infrared
+    c.bdlf.branches = ("critic", "detection")  # lower levels; add "segmentation" with masks
+    c.bdlf.aggregation = "random"  # random (softmax of N(0, 1) per hyper-step) | gradnorm | fixed
+    c.bdlf.aggregation_weights = ()  # fixed: one weight per branch, in branch order
+    c.bdlf.upper_every = 10  # the fusion network steps every this many iterations
+    c.bdlf.upper_fraction = 0.1  # training samples held out for the upper level
+    c.bdlf.hyper_eps = 1e-12  # added to |grad_omega f|^2
+    c.bdlf.fusion_width = 1.0  # channel multiplier of the fusion network
+    c.bdlf.critic_width = 1.0
+    c.bdlf.seg_classes = ("background", "person", "bicycle", "car", "motorbike", "bus")
+    c.bdlf.seg_width = 1.0  # DeepLab-LargeFOV segmenter of the segmentation branch
+    c.bdlf.seg_fc = 0  # fc6/fc7 features (0: 1024)
+    c.bdlf.seg_dropout = 0.5
+    c.bdlf.ssim_weight = 1.1  # fusion loss |u - M|_1 + w (1 - SSIM(u, M))
+    c.bdlf.fusion_adv_weight = 0.5  # generator weight in the critic branch's upper loss
+    c.bdlf.task_adv_weight = 0.01  # generator weight in the task branches' upper losses
+    c.bdlf.minmax = "image"  # fused colour normalisation: image | batch (official) | none
+    c.bdlf.fusion_optimizer = "sgd"  # sgd | adam, for the fusion network (theta)
+    c.bdlf.fusion_lr = 1e-4
+    c.bdlf.fusion_weight_decay = 1e-3
+    c.bdlf.fusion_from = ""  # a "bdlf" workdir whose fusion network starts this run
+    c.bdlf.eval_images = 0  # validation images scored by the fusion metrics (0: all)
+
     c.data = ml_collections.ConfigDict()
     c.data.name = "scenes"
     c.data.class_names = ("person", "bicycle", "car", "motorbike", "bus")
@@ -131,7 +158,7 @@ def walk(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterable[tuple[str
     for key, value in cfg.items():
         path = f"{prefix}{key}"
         yield path, value
-        if isinstance(value, ml_collections.ConfigDict) and not _is_free(path):
+        if isinstance(value, ml_collections.ConfigDict) and not is_free(path):
             yield from walk(value, path + ".")
 
 
@@ -139,7 +166,8 @@ def walk(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterable[tuple[str
 _FREE = ("data.degrade", "data.val_degrade", "data.class_map")
 
 
-def _is_free(path: str) -> bool:
+def is_free(path: str) -> bool:
+    """Whether ``path`` is a sub-dict whose keys are data (degradation specs, class maps)."""
     return path in _FREE
 
 
@@ -170,8 +198,37 @@ def _get(cfg, path: str) -> Any:
     return cfg
 
 
+def degrade_spec(name: str = "haze", **params: Any) -> ml_collections.ConfigDict:
+    """A degradation spec for ``data.degrade`` / ``data.val_degrade``."""
+    return _degrade(name, **params)
+
+
+def set_degrade_mixture(cfg: ml_collections.ConfigDict, key: str,
+                        specs: Iterable[ml_collections.ConfigDict]) -> None:
+    """Sets ``data.<key>`` (``degrade`` or ``val_degrade``) to a tuple of specs, one
+    drawn per sample. (The key's default is one spec; a config dict does not let a
+    value change type in place, so the key is replaced.)"""
+    if key not in ("degrade", "val_degrade"):
+        raise ConfigError(f"set_degrade_mixture: key must be 'degrade' or 'val_degrade', got {key!r}")
+    del cfg.data[key]
+    cfg.data[key] = tuple(specs)
+
+
 def _check_degrade(cfg, path: str) -> None:
-    spec = dict(_get(cfg, path))
+    value = _get(cfg, path)
+    if isinstance(value, tuple):
+        if not value:
+            raise ConfigError(f"config key '{path}' is an empty tuple; give at least one spec")
+        for i, spec in enumerate(value):
+            if not isinstance(spec, (ml_collections.ConfigDict, dict)):
+                raise ConfigError(f"config key '{path}[{i}]' must be a degradation spec, "
+                                  f"got {type(spec).__name__}")
+            _check_one_degrade(dict(spec), f"{path}[{i}]")
+        return
+    _check_one_degrade(dict(value), path)
+
+
+def _check_one_degrade(spec: dict, path: str) -> None:
     name = spec.pop("name", None)
     if name not in degrade_lib.DEGRADATIONS:
         raise ConfigError(
@@ -193,6 +250,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if path not in known:
             raise ConfigError(f"unknown config key '{path}'{suggest(path, known)}")
         ref = known[path]
+        if path in ("data.degrade", "data.val_degrade") and isinstance(value, tuple):
+            continue  # a list of degradation specs, one picked per sample
         if isinstance(ref, ml_collections.ConfigDict) != isinstance(value, ml_collections.ConfigDict):
             raise ConfigError(f"config key '{path}' must be a {'group' if isinstance(ref, ml_collections.ConfigDict) else 'value'}")
     for path in ("seed", "total_steps", "batch_size", "image_size", "eval_every",
@@ -209,8 +268,14 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for key in ("total_steps", "batch_size", "image_size", "eval_every", "checkpoint_every", "log_every"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {cfg[key]!r}")
-    if cfg.method in ("detection", "togethernet") and cfg.image_size % 32:
+    needs_stride = cfg.method in ("detection", "togethernet") or (
+        cfg.method == "bdlf" and "detection" in tuple(cfg.bdlf.branches))
+    if needs_stride and cfg.image_size % 32:
         raise ConfigError(f"config key 'image_size' must be a multiple of 32, got {cfg.image_size}")
+    _check_choice(cfg, "bdlf.mode", BDLF_MODES)
+    _check_choice(cfg, "bdlf.aggregation", ("random", "gradnorm", "fixed"))
+    _check_choice(cfg, "bdlf.minmax", ("image", "batch", "none"))
+    _check_choice(cfg, "bdlf.fusion_optimizer", ("sgd", "adam"))
     _check_choice(cfg, "dnhl.stage", ("high", "denoise", "joint"))
     _check_choice(cfg, "dnhl.task", ("classification", "segmentation"))
     _check_choice(cfg, "dnhl.denoiser_form", ("default", "official"))
@@ -380,3 +445,53 @@ def dnhl_variants(cfg: ml_collections.ConfigDict, arg: str, recipes: dict[str, A
     if adamw_lr and cfg.optimizer.name == "adamw":
         cfg.optimizer.base_lr = adamw_lr[cfg.dnhl.stage]
     return cfg
+
+
+def bdlf_official(cfg: ml_collections.ConfigDict) -> None:
+    """BDLF's optimisation recipe: the critic and task networks on SGD (momentum 0.9,
+    weight decay 1e-4, lr 2e-4 after a 1000-step linear warm-up), the fusion network
+    on SGD lr 1e-4 with weight decay 1e-3 every 10 iterations, random softmax
+    aggregation. (The official detector is FCOS trained at batch 2; the lr is kept
+    for the project's detector at any batch size.)"""
+    cfg.method = "bdlf"
+    cfg.optimizer.name = "sgd"
+    cfg.optimizer.momentum = 0.9
+    cfg.optimizer.nesterov = False
+    cfg.optimizer.weight_decay = 1e-4
+    cfg.optimizer.base_lr = 2e-4 * 64 / cfg.batch_size
+    cfg.optimizer.warmup_fraction = min(1.0, 1000 / cfg.total_steps)
+    cfg.optimizer.warmup_start = 0.0
+    cfg.optimizer.min_lr_ratio = 1.0  # constant after the warm-up
+    cfg.optimizer.final_hold_fraction = 0.0
+    cfg.optimizer.ema_decay = 0.0
+    cfg.bdlf.fusion_optimizer = "sgd"
+    cfg.bdlf.fusion_lr = 1e-4
+    cfg.bdlf.fusion_weight_decay = 1e-3
+    cfg.bdlf.upper_every = 10
+    cfg.bdlf.aggregation = "random"
+
+
+def bdlf_variants(cfg: ml_collections.ConfigDict, arg: str,
+                  recipes: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Applies a BDLF config's variant tokens: ``recipes`` plus the baselines
+    ``fusion`` (the fusion network on the fusion loss alone), ``visible`` and
+    ``infrared`` (task networks on one source), the aggregation rules ``gradnorm``
+    and ``random``, and ``seg`` (adds the segmentation branch)."""
+    def mode(name):
+        def recipe(c):
+            c.bdlf.mode = name
+        return recipe
+
+    def rule(name):
+        def recipe(c):
+            c.bdlf.aggregation = name
+        return recipe
+
+    def seg(c):
+        if "segmentation" not in tuple(c.bdlf.branches):
+            c.bdlf.branches = tuple(c.bdlf.branches) + ("segmentation",)
+
+    tokens = {"fusion": mode("fusion_loss"), "visible": mode("visible"),
+              "infrared": mode("infrared"), "gradnorm": rule("gradnorm"),
+              "random": rule("random"), "seg": seg}
+    return apply_variant_tokens(cfg, arg, {**recipes, **tokens})

@@ -7,7 +7,8 @@ evaluation split (``val`` or ``test``) of the configured dataset. Detection runs
 the per-class AP table and mAP@0.5 (TogetherNet adds the PSNR of its restoration);
 DN-HL runs print the comparison of :mod:`adverse_vision.methods.dnhl_eval` over the
 configured noise levels (``--images FOLDER`` adds whole-image PSNR / SSIM by tiled
-inference).
+inference). BDLF runs print the fusion metrics of the fused images, then the mAP@0.5
+table of the detector and the mIoU of the segmenter on them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> int:
     cfg = trainer.cfg
     if _DEGRADE.value is not None:
         with cfg.unlocked():
+            del cfg.data["val_degrade"]  # it may hold a tuple of specs
             cfg.data.val_degrade = {"name": _DEGRADE.value}
     per_host = parallel.per_host_batch_size(cfg.eval_batch_size or cfg.batch_size, trainer.mesh)
     data = factory.DataBundle(cfg, per_host_batch=per_host)
@@ -50,8 +52,9 @@ def main() -> int:
         print(json.dumps({"step": step, "split": _SPLIT.value, "rows": rows}))
         return 0
     metrics, evaluator = trainer.evaluate(variables, data.val_pipeline(_SPLIT.value))
+    specs = cfg.data.val_degrade if isinstance(cfg.data.val_degrade, tuple) else (cfg.data.val_degrade,)
     print(f"checkpoint step {step} ({_CHECKPOINT.value}), split {_SPLIT.value}, "
-          f"degradation {cfg.data.val_degrade.name}")
+          f"degradation {' or '.join(str(dict(s)['name']) for s in specs)}")
     print(evaluator.table())
     print(json.dumps({"step": step, "split": _SPLIT.value, **metrics}))
     return 0

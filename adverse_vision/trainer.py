@@ -67,7 +67,8 @@ class Trainer:
         self.cfg = config_lib.validate(cfg)
         self.mesh = mesh if mesh is not None else parallel.make_mesh()
         self.method = methods_lib.build(cfg)
-        self.tx, self.schedule = optim.make_optimizer(cfg)
+        make_optimizer = getattr(self.method, "make_optimizer", None)
+        self.tx, self.schedule = make_optimizer() if make_optimizer else optim.make_optimizer(cfg)
         self.replicated = parallel.replicated(self.mesh)
         self.batch_sharding = parallel.data_sharding(self.mesh)
         self.base_rng = jax.random.PRNGKey(cfg.seed)
@@ -99,11 +100,16 @@ class Trainer:
     def _step(self, state: TrainState, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(self.base_rng, state.step)
 
-        def loss_fn(params):
-            return self.method.loss_fn(params, state.model_state, batch, rng, state.step)
+        grads_fn = getattr(self.method, "grads_fn", None)
+        if grads_fn is not None:  # methods whose gradients are not one loss's (bi-level)
+            loss, grads, model_state, metrics = grads_fn(
+                state.params, state.model_state, batch, rng, state.step)
+        else:
+            def loss_fn(params):
+                return self.method.loss_fn(params, state.model_state, batch, rng, state.step)
 
-        (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
+            (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -302,7 +308,20 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
     with open(path) as f:
-        return config_lib.validate(ml_collections.ConfigDict(_lists_to_tuples(json.load(f))))
+        loaded = _lists_to_tuples(json.load(f))
+    # A workdir written before a config group existed lacks it: the defaults fill in.
+    _fill_defaults(loaded, config_lib.base_config())
+    return config_lib.validate(ml_collections.ConfigDict(loaded))
+
+
+def _fill_defaults(loaded: dict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
+    for key, ref in reference.items():
+        path = prefix + key
+        if key not in loaded:
+            loaded[key] = ref.to_dict() if isinstance(ref, ml_collections.ConfigDict) else ref
+        elif (isinstance(ref, ml_collections.ConfigDict) and isinstance(loaded[key], dict)
+              and not config_lib.is_free(path)):
+            _fill_defaults(loaded[key], ref, path + ".")
 
 
 def _lists_to_tuples(x: Any) -> Any:

@@ -74,3 +74,11 @@ def dnhl_smoke_config(stage: str, task: str = "classification", **overrides):
     cfg.dnhl.high_fc = 32
     cfg.dnhl.eval_sigmas = (25.0, 50.0)
     return _override(cfg, overrides)
+
+
+def bdlf_smoke_config(tokens: str = "", **overrides):
+    """A very small BDLF config (64 px, batch 8, 4 steps, narrow networks) with the
+    variant ``tokens`` (e.g. "fusion", "seg"); ``overrides`` map dotted keys to values."""
+    from configs import bdlf_scenes  # pylint: disable=import-outside-toplevel
+    cfg = bdlf_scenes.get_config(",".join(t for t in ("smoke", tokens) if t))
+    return _override(cfg, overrides)

@@ -34,3 +34,13 @@ def test_bench_dnhl_joint_reports_the_denoiser_alone():
     r = bench.run(dnhl_smoke_config("joint"), steps=2, infer_steps=2, infer_batch=8, infer_size=64)
     assert r["train_images_per_s"] > 0 and r["denoiser_megapixels_per_s"] > 0
     assert "megapixels/s" in bench.format_result(r)
+
+
+def test_bench_bdlf_reports_fusion_rate_and_hypergradient_overhead():
+    from tests.helpers import bdlf_smoke_config  # pylint: disable=import-outside-toplevel
+    r = bench.run(bdlf_smoke_config(), steps=1, infer_steps=1)
+    assert r["fusion_megapixels_per_s"] > 0
+    assert r["bilevel_hyper_step_s"] > 0 and r["bilevel_lower_step_s"] > 0
+    assert r["plain_fusion_step_s"] > 0 and r["hyper_over_plain"] > 0
+    text = bench.format_result(r)
+    assert "fusion network alone" in text and "hypergradient overhead" in text

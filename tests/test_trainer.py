@@ -106,6 +106,21 @@ def test_resolved_config_is_saved_and_reloaded(tmp_path):
         assert json.load(f)["model"]["width"] == 0.125
 
 
+def test_config_of_an_older_workdir_gets_the_new_defaults(tmp_path):
+    """A workdir saved before a config group (here ``bdlf``) existed still loads."""
+    cfg = _cfg()
+    trainer_lib.save_config(cfg, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    del saved["bdlf"]
+    del saved["data"]["on_empty"]  # saved at its default
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    loaded = trainer_lib.load_workdir_config(str(tmp_path))
+    assert loaded.to_dict() == cfg.to_dict()
+    assert loaded.data.degrade.to_dict() == cfg.data.degrade.to_dict()  # specs not padded
+
+
 def test_bfloat16_compute_with_float32_parameters_and_ema():
     cfg = _cfg(**{"model.dtype": "bfloat16", "optimizer.ema_decay": 0.9998})
     tr = trainer_lib.Trainer(cfg)

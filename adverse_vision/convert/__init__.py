@@ -19,8 +19,15 @@ variable left unfilled is an error listing them; ``strict=False`` loads the matc
 part and keeps freshly initialised values for the rest (``exclude`` drops official
 keys by regular expression first, e.g. a classifier with another class count).
 
-Networks: ``"togethernet"`` (``adverse_vision.models.togethernet.TogetherNet``) and
-``"yolox"`` (``adverse_vision.models.yolox.YOLOX``; Megvii and bubbliiiing keys).
+Networks: ``"togethernet"`` (``adverse_vision.models.togethernet.TogetherNet``),
+``"yolox"`` (``adverse_vision.models.yolox.YOLOX``; Megvii and bubbliiiing keys) and
+``"bdlfusion"`` (``adverse_vision.models.bdlf.BDLFusion``: the fusion network under
+``fusion.`` and the critic under ``critic.``, or the official training checkpoint's
+``enhance_net.`` and ``discriminator.``; its FCOS detector, ``denoise_net.``, has no
+counterpart in the project and is skipped)::
+
+    model, variables = load_official("bdlfusion", "model_meta1_40.pth")
+    out = model.apply(variables, ir, vis_y, train=False)   # {"fused", "critic"}
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from adverse_vision.convert.togethernet import (
+    BDLF_IGNORED,
+    BDLF_RULES,
     TOGETHERNET_RULES,
     YOLOX_RULES,
     convert_state_dict,
@@ -62,7 +71,14 @@ __all__ = [
 NETWORKS: dict[str, tuple[str, tuple]] = {
     "togethernet": ("adverse_vision.models.togethernet:TogetherNet", TOGETHERNET_RULES),
     "yolox": ("adverse_vision.models.yolox:YOLOX", YOLOX_RULES),
+    "bdlfusion": ("adverse_vision.models.bdlf:BDLFusion", BDLF_RULES),
 }
+
+#: Network name -> official keys (regular expressions) that have no counterpart and are skipped.
+IGNORED: dict[str, tuple[str, ...]] = {"bdlfusion": BDLF_IGNORED}
+
+#: Networks without classes; they are built from ``model_kwargs`` alone.
+_CLASSLESS = ("bdlfusion",)
 
 
 def _to_numpy(value: Any, key: str, source: str) -> np.ndarray:
@@ -160,10 +176,11 @@ def load_official(
     """Builds network ``name`` and fills its variables from an official state dict.
 
     Args:
-      name: ``"togethernet"`` or ``"yolox"``.
+      name: ``"togethernet"``, ``"yolox"`` or ``"bdlfusion"``.
       state_dict: mapping of official keys to arrays, or a ``.pth``/``.pt``/``.npz`` path.
-      num_classes: class count; inferred from ``head.cls_preds.0.weight`` when None.
-      size: YOLOX size name or ``(depth, width)`` of the checkpoint.
+      num_classes: class count; inferred from ``head.cls_preds.0.weight`` when None
+        (detectors only).
+      size: YOLOX size name or ``(depth, width)`` of the checkpoint (detectors only).
       strict: error on unused checkpoint keys or unfilled variables.
       exclude: regular expressions; matching official keys are dropped first.
       rng: key for the variables a non-strict load leaves unfilled (default key 0).
@@ -186,22 +203,27 @@ def load_official(
                          f"{tuple(NETWORKS)}")
     cls_path, rules = NETWORKS[name]
     sd = read_state_dict(state_dict)
-    if exclude:
-        patterns = [re.compile(p) for p in exclude]
+    patterns = [re.compile(p) for p in tuple(exclude) + IGNORED.get(name, ())]
+    if patterns:
         sd = {k: v for k, v in sd.items() if not any(p.search(k) for p in patterns)}
-    if num_classes is None:
-        num_classes = infer_num_classes(sd)
+    if name in _CLASSLESS:
+        model = _model_class(cls_path)(**model_kwargs)
+        x = jnp.zeros((1, init_size, init_size, 1), jnp.float32)
+        inputs = (x, x)
+    else:
         if num_classes is None:
-            raise ValueError(f"load_official({name!r}): num_classes not given and the "
-                             "checkpoint has no 'head.cls_preds.0.weight' to infer it from")
-    model = _model_class(cls_path)(num_classes=num_classes, size=size, **model_kwargs)
+            num_classes = infer_num_classes(sd)
+            if num_classes is None:
+                raise ValueError(f"load_official({name!r}): num_classes not given and the "
+                                 "checkpoint has no 'head.cls_preds.0.weight' to infer it from")
+        model = _model_class(cls_path)(num_classes=num_classes, size=size, **model_kwargs)
+        inputs = (jnp.zeros((1, init_size, init_size, 3), jnp.float32),)
     rng = jax.random.key(0) if rng is None else rng
-    x = jnp.zeros((1, init_size, init_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda k: model.init(k, x, train=False), rng)
+    abstract = jax.eval_shape(lambda k: model.init(k, *inputs, train=False), rng)
     filled, _unused, missing = convert_state_dict(sd, abstract, rules, strict=strict,
                                                   name=f"load_official({name!r})")
     if missing:  # only when not strict: fresh values for what the checkpoint lacks
-        init = model.init(rng, x, train=False)
+        init = model.init(rng, *inputs, train=False)
         for coll in init:
             for path, value in flatten(init[coll]).items():
                 filled.setdefault((coll,) + path, value)

@@ -1,4 +1,4 @@
-"""Official PyTorch state dicts of YOLOX and TogetherNet -> flax variables.
+"""Official PyTorch state dicts of YOLOX, TogetherNet and BDLF -> flax variables.
 
 Key names follow the reference implementations (Megvii YOLOX and the
 "bubbliiiing"-style YOLOX that TogetherNet builds on share them); the flax paths
@@ -53,6 +53,15 @@ TOGETHERNET_RULES: tuple[tuple[str, str], ...] = (
     (r"^backbone\.decoder\.conv_([123])\.1\.", r"decoder/conv_\1/bn/"),
     (r"^backbone\.decoder\.conv_4\.1\.", "decoder/conv_4/"),
 ) + YOLOX_RULES
+
+# BDLF: the fusion network and the critic under the project's names or the official
+# training checkpoint's (``Network_IJCAI``: enhance_net, discriminator, denoise_net).
+BDLF_RULES: tuple[tuple[str, str], ...] = (
+    (r"^(fusion|enhance_net)\.", "fusion/"),
+    (r"^(critic|discriminator)\.net\.(\d+)\.", r"critic/net_\2/"),
+)
+#: The official checkpoint's FCOS detector, which the project replaces by its own task networks.
+BDLF_IGNORED: tuple[str, ...] = (r"^denoise_net\.",)
 
 _COMPILED: dict[tuple, list] = {}
 
@@ -109,6 +118,11 @@ def map_key(key: str, value: np.ndarray, abstract: Mapping, rules) -> tuple | No
     if not isinstance(module, Mapping):
         return None
     if leaf == "weight":
+        if "negative_slope" in module:  # PReLU: (1,) -> the flax scalar
+            target = module["negative_slope"]
+            fits = np.size(value) == int(np.prod(target.shape))
+            return "params", path + ("negative_slope",), (
+                np.reshape(value, target.shape) if fits else value)
         if "kernel" in module:
             return "params", path + ("kernel",), _kernel_from(value, len(module["kernel"].shape))
         if "scale" in module:
@@ -217,6 +231,8 @@ def infer_num_classes(state_dict: Mapping[str, np.ndarray]) -> int | None:
 
 
 __all__ = [
+    "BDLF_IGNORED",
+    "BDLF_RULES",
     "TOGETHERNET_RULES",
     "YOLOX_RULES",
     "convert_state_dict",

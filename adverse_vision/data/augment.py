@@ -6,6 +6,7 @@ Every geometric transform moves all pixel-aligned arrays of a record together:
 * ``depth`` (float32, bilinear),
 * ``mask`` (uint8 labels, nearest neighbour),
 * ``thermal`` (uint8 (H, W, 1), bilinear),
+* ``saliency`` (float (H, W) or (H, W, 1), values in [0, 1], bilinear),
 
 and maps ``boxes`` (xyxy pixels) with them. Records are never modified in place:
 each function returns a new dict (unchanged arrays may be shared).
@@ -15,7 +16,8 @@ Padding values (letterbox and canvas placement):
 * RGB images: grey ``PAD_VALUE`` = 114 (the YOLOX convention),
 * ``mask``: 255 (ignore),
 * ``depth``: the record's maximum depth (padding looks "far"),
-* ``thermal``: 0.
+* ``thermal``: 0,
+* ``saliency``: 0.
 
 Geometric transforms also keep a private ``"_window"`` entry, int32
 ``(y0, x0, y1, x1)``: the part of the current image that holds real pixels (not
@@ -36,7 +38,7 @@ PAD_VALUE = 114
 MASK_IGNORE = 255
 
 RGB_KEYS = ("image", "hazy")
-ALIGNED_KEYS = ("image", "hazy", "depth", "mask", "thermal")
+ALIGNED_KEYS = ("image", "hazy", "depth", "mask", "thermal", "saliency")
 WINDOW_KEY = "_window"
 
 DEFAULT_AUGMENT: dict[str, Any] = {
@@ -85,6 +87,13 @@ def check_record(record: Mapping[str, Any]) -> tuple[int, int]:
                     f"record {_record_name(record)}: {key!r} must be {want} to match"
                     f" 'image', got {arr.dtype} {arr.shape}"
                 )
+    if "saliency" in record:
+        arr = np.asarray(record["saliency"])
+        if arr.shape not in ((h, w), (h, w, 1)) or not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(
+                f"record {_record_name(record)}: 'saliency' must be float {(h, w)} or"
+                f" {(h, w, 1)} to match 'image', got {arr.dtype} {arr.shape}"
+            )
     boxes = np.asarray(record.get("boxes", np.zeros((0, 4), np.float32)))
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(
@@ -134,6 +143,11 @@ def _resize(arr: np.ndarray, key: str, new_h: int, new_w: int) -> np.ndarray:
     if key == "thermal":
         img = Image.fromarray(np.ascontiguousarray(arr[..., 0]))
         return np.asarray(img.resize(size, Image.BILINEAR))[..., None]
+    if key == "saliency":
+        img = Image.fromarray(np.ascontiguousarray(arr.reshape(arr.shape[:2]), np.float32))
+        return np.asarray(img.resize(size, Image.BILINEAR), np.float32).reshape(
+            (new_h, new_w) + arr.shape[2:]
+        )
     return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize(size, Image.BILINEAR))
 
 
@@ -142,7 +156,7 @@ def _fill_value(record, key):
         return PAD_VALUE
     if key == "mask":
         return MASK_IGNORE
-    if key == "thermal":
+    if key in ("thermal", "saliency"):
         return 0
     depth = np.asarray(record["depth"])
     return float(depth.max()) if depth.size else 1.0

@@ -19,9 +19,12 @@ from adverse_vision.data.problems import DataPolicy, DataProblems
 DNHL_STAGES = ("high", "denoise", "joint")
 DNHL_TASKS = ("classification", "segmentation")
 DNHL_DATASETS = ("scenes", "scenes_crops", "image_folder", "class_folder", "voc_seg")
+BDLF_DATASETS = ("scenes", "m3fd", "mfnet", "fusion_folder")
 
 
 def _plain(x: Any) -> Any:
+    if isinstance(x, tuple) and any(isinstance(v, (ml_collections.ConfigDict, dict)) for v in x):
+        return [_plain(v) for v in x]  # a tuple of degradation specs
     return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
 
 
@@ -108,10 +111,38 @@ class DataBundle:
             f"config key 'data.name' is {d.name!r}; method 'dnhl' reads one of {DNHL_DATASETS}"
         )
 
+    def _make_bdlf_source(self, split: str):
+        # pylint: disable=import-outside-toplevel
+        from adverse_vision.data import fusion_pairs
+
+        d = self.cfg.data
+        problems = DataProblems(f"{d.name} {split}")
+        if d.name in ("m3fd", "mfnet", "fusion_folder") and not d.root:
+            raise ValueError(f"config key 'data.root' is empty; data.name {d.name!r} needs it")
+        if d.name == "m3fd":
+            return fusion_pairs.M3FDSource(d.root, self.split_name(split),
+                                           class_names=tuple(d.class_names), policy=self.policy,
+                                           problems=problems)
+        if d.name == "mfnet":
+            return fusion_pairs.MFNetSource(d.root, self.split_name(split), policy=self.policy,
+                                            problems=problems)
+        if d.name == "fusion_folder":
+            root = os.path.join(d.root, self.split_name(split))
+            return fusion_pairs.FusionFolderSource(root if os.path.isdir(root) else d.root,
+                                                   policy=self.policy, problems=problems)
+        if d.name != "scenes":
+            raise ValueError(f"config key 'data.name' is {d.name!r}; method 'bdlf' reads one of "
+                             f"{BDLF_DATASETS}")
+        return None  # the detection scenes below carry the thermal image and the masks
+
     def _make_source(self, split: str):
         d = self.cfg.data
         if self.cfg.method == "dnhl":
             return self._make_dnhl_source(split)
+        if self.cfg.method == "bdlf":
+            source = self._make_bdlf_source(split)
+            if source is not None:
+                return source
         class_names = tuple(d.class_names)
         class_map = dict(_plain(d.class_map)) or None
         problems = DataProblems(f"{d.name} {split}")
@@ -146,14 +177,40 @@ class DataBundle:
                 seed=self.cfg.seed,
                 augment={"scale": _plain(d.augment.scale), "flip": d.augment.flip},
                 num_workers=d.num_workers)
+        return self._detection_pipeline(self.source(split), train, self.cfg.seed)
+
+    def _detection_pipeline(self, source, train: bool, seed: int):
+        d = self.cfg.data
         return pipeline.make_pipeline(
-            self.source(split), batch_size=self.per_host_batch, image_size=self.cfg.image_size,
-            max_boxes=d.max_boxes, train=train, seed=self.cfg.seed,
+            source, batch_size=self.per_host_batch, image_size=self.cfg.image_size,
+            max_boxes=d.max_boxes, train=train, seed=seed,
             degrade=_plain(d.degrade if train else d.val_degrade),
-            augment=_plain(d.augment), num_workers=d.num_workers)
+            augment=_plain(d.augment), num_workers=d.num_workers,
+            saliency=self.cfg.method == "bdlf")
+
+    def held_out_split(self):
+        """``(lower, upper)`` sources: the training split without and with its held-out
+        ``bdlf.upper_fraction`` (fixed by ``data.seed``)."""
+        from adverse_vision.data import held_out  # pylint: disable=import-outside-toplevel
+        source = self.source("train")
+        lower, upper = held_out.split_indices(len(source), float(self.cfg.bdlf.upper_fraction),
+                                              self.cfg.data.seed)
+        return (held_out.Subset(source, lower, "lower level"),
+                held_out.Subset(source, upper, "upper level"))
 
     def train_iterator(self):
-        """The training stream's iterator; its state is saved with each checkpoint."""
+        """The training stream's iterator; its state is saved with each checkpoint.
+
+        Bi-level runs (method "bdlf" in mode "bilevel") pair each batch with a batch of
+        the held-out part (``batch["upper/<key>"]``), drawn anew every
+        ``bdlf.upper_every`` batches."""
+        if self.cfg.method == "bdlf" and self.cfg.bdlf.mode == "bilevel":
+            from adverse_vision.data import held_out  # pylint: disable=import-outside-toplevel
+            lower, upper = self.held_out_split()
+            return held_out.PairedIterator(
+                iter(self._detection_pipeline(lower, True, self.cfg.seed)),
+                iter(self._detection_pipeline(upper, True, self.cfg.seed + 1)),
+                int(self.cfg.bdlf.upper_every))
         return iter(self._pipeline("train", train=True))
 
     def val_pipeline(self, split: str = "val"):

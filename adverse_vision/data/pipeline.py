@@ -30,6 +30,19 @@ Batches follow the contract in the package docs (``image`` degraded, ``clean``,
 * ``boxes_dropped`` (B,): boxes beyond ``max_boxes`` that were discarded (the
   largest ``max_boxes`` boxes by area are kept).
 
+Saliency (``make_pipeline(..., saliency=True)``): every batch also gets
+``saliency`` (B, S, S, 1) float32, the infrared weight of the fusion target
+``s * thermal + (1 - s) * Y`` (see :mod:`adverse_vision.data.saliency`). A record
+that carries its own ``saliency`` (precomputed maps in [0, 1], (H, W) or
+(H, W, 1)) has it augmented and letterboxed with the thermal image (bilinear,
+padding 0) and used as is. Otherwise it is computed on the host after letterbox
+and degradation as ``fusion_weight(thermal, Y)`` with ``Y = 0.299 R + 0.587 G +
+0.114 B`` of the degraded image (the visible input the fusion network sees),
+over the real-pixel part of the canvas only; letterbox padding, padding samples
+and invalid records get 0. Every valid record must then carry ``thermal``
+(ValueError naming the record otherwise). With ``saliency=False`` (the default)
+a record's ``saliency`` is dropped unread and batches are unchanged.
+
 Degradation specs: ``{"name": "haze", "A": ..., "beta": ...}`` calls
 ``adverse_vision.degrade.apply(name, image01, rng, **params)``; ``{"name": "none"}``
 (or None) keeps the clean image; a list of specs picks one per sample uniformly.
@@ -50,6 +63,7 @@ import grain
 import numpy as np
 
 from adverse_vision.data import augment as aug
+from adverse_vision.data import saliency as sal
 
 # Optional aligned arrays that are carried into the batch when the source has them.
 OPTIONAL_KEYS = ("depth", "mask", "thermal")
@@ -151,12 +165,14 @@ class _Processor:
         augment_cfg: dict[str, Any] | None,
         degrade_specs: list[dict[str, Any]],
         optional_keys: tuple[str, ...],
+        saliency: bool = False,
     ):
         self.image_size = image_size
         self.max_boxes = max_boxes
         self.augment_cfg = augment_cfg
         self.degrade_specs = degrade_specs
         self.optional_keys = optional_keys
+        self.saliency = saliency
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         record = dict(record)
@@ -165,6 +181,10 @@ class _Processor:
         name = record.get("id", f"index {index}")
         if "boxes" in record and "classes" not in record:
             raise ValueError(f"record {name}: has 'boxes' but no 'classes'")
+        if not self.saliency:
+            record.pop("saliency", None)
+        else:
+            _check_thermal(record, name, pad)
         if self.augment_cfg is not None and not pad:
             scale_on = self.augment_cfg["scale"] is not None
             record = aug.augment(
@@ -176,7 +196,25 @@ class _Processor:
             degraded = np.asarray(record["hazy"])
         else:
             degraded = self._degrade(record, rng)
-        return self._pack(record, clean, degraded, index, pad)
+        out = self._pack(record, clean, degraded, index, pad)
+        if self.saliency:
+            out["saliency"] = self._saliency(record, degraded, bool(out["valid"]))
+        return out
+
+    def _saliency(self, record: dict[str, Any], degraded: np.ndarray, valid: bool) -> np.ndarray:
+        s = self.image_size
+        out = np.zeros((s, s, 1), np.float32)
+        if not valid:
+            return out
+        if "saliency" in record:
+            return np.asarray(record["saliency"], np.float32).reshape(s, s, 1)
+        y0, x0, y1, x1 = (int(v) for v in record[aug.WINDOW_KEY])
+        if y1 <= y0 or x1 <= x0:
+            return out
+        ir = np.asarray(record["thermal"])[y0:y1, x0:x1, 0]
+        vis_y = sal.luma(np.asarray(degraded)[y0:y1, x0:x1])
+        out[y0:y1, x0:x1, 0] = sal.fusion_weight(ir, vis_y)
+        return out
 
     def _degrade(self, record: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
         specs = self.degrade_specs
@@ -246,6 +284,15 @@ class _Processor:
         for key in self.optional_keys:
             out[key] = np.asarray(record[key], dtypes[key]) if key in record else defaults[key]()
         return out
+
+
+def _check_thermal(record: Mapping[str, Any], name: Any, pad: bool = False) -> None:
+    """With saliency on, every valid record must carry its thermal image."""
+    if bool(record.get("valid", True)) and not pad and "thermal" not in record:
+        raise ValueError(
+            f"record {name}: saliency=True needs a 'thermal' image (H, W, 1) in every"
+            " valid record; this one has none"
+        )
 
 
 class _TrainMap(grain.transforms.RandomMap):
@@ -415,6 +462,7 @@ def make_pipeline(
     num_epochs: int | None = None,
     read_threads: int = 2,
     prefetch_batches: int = 2,
+    saliency: bool = False,
 ) -> grain.IterDataset:
     """Builds the input pipeline over a random-access ``source``.
 
@@ -437,6 +485,8 @@ def make_pipeline(
       num_epochs: training epochs (None: forever). Eval is always one pass.
       read_threads: threads per process that read and process batches.
       prefetch_batches: batches buffered ahead per process.
+      saliency: add the ``saliency`` fusion weights (B, S, S, 1) to every batch
+        (see the module docstring); every valid record needs ``thermal``.
 
     Returns:
       A ``grain.IterDataset``; ``iter()`` on it gives a checkpointable
@@ -448,6 +498,12 @@ def make_pipeline(
     image_size = _positive_int("image_size", image_size)
     max_boxes = _positive_int("max_boxes", max_boxes)
     first = common["first"]
+    if saliency not in (True, False):
+        raise ValueError(f"make_pipeline: saliency must be a bool, got {saliency!r}")
+    if saliency:
+        _check_thermal(first, first.get("id", "index 0"))
+    else:
+        first = {k: v for k, v in first.items() if k != "saliency"}
     aug.check_record(first)
     optional_keys = tuple(k for k in OPTIONAL_KEYS if k in first)
     specs = normalize_degrade(degrade)
@@ -461,6 +517,7 @@ def make_pipeline(
         augment_cfg=augment_cfg,
         degrade_specs=specs,
         optional_keys=optional_keys,
+        saliency=bool(saliency),
     )
     return batched(
         source, caller="make_pipeline", train=train, train_map=_TrainMap(processor),

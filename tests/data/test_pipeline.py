@@ -7,6 +7,7 @@ import pytest
 
 from adverse_vision.data import augment as aug
 from adverse_vision.data import pipeline as pl
+from adverse_vision.data.saliency import fusion_weight
 
 S = 64  # letterbox side
 M = 4  # max boxes
@@ -392,3 +393,135 @@ def test_invalid_record_keeps_static_shapes():
         assert not batch["box_mask"][j].any()
         assert np.all(batch["mask"][j] == 255) and np.all(batch["depth"][j] == 1.0)
         assert batch["image"].shape == (4, S, S, 3)
+
+
+# -- saliency ---------------------------------------------------------------------
+
+
+class EditedSource:
+    """Wraps a source and edits each record with ``edit(index, record)``."""
+
+    def __init__(self, base, edit):
+        self.base = base
+        self.edit = edit
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.edit(i, dict(self.base[i]))
+
+
+def _scenes(n):
+    scenes = pytest.importorskip("adverse_vision.data.scenes")
+    return scenes.ScenesSource("val", num_samples=n, image_size=(48, 64), seed=0)
+
+
+def _luma(rgb):
+    return (rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.float32)
+
+
+def test_saliency_from_thermal_and_degraded_luma():
+    src = _scenes(5)
+    batches = list(_make(src, train=False, degrade=HAZE, saliency=True))
+    assert len(batches) == 2
+    changed = 0
+    for b in batches:
+        assert b["saliency"].shape == (4, S, S, 1) and b["saliency"].dtype == np.float32
+        for j in range(4):
+            got = b["saliency"][j, ..., 0]
+            if not b["valid"][j]:  # padding sample
+                np.testing.assert_array_equal(got, 0.0)
+                continue
+            # 48 x 64 -> 64 x 64: rows 8..55 hold real pixels, the rest is padding.
+            expected = np.zeros((S, S), np.float32)
+            expected[8:56] = fusion_weight(b["thermal"][j, 8:56, :, 0], _luma(b["image"][j, 8:56]))
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+            assert got[8:56].max() > 0.5 and got[8:56].min() < 0.5
+            on_clean = fusion_weight(b["thermal"][j, 8:56, :, 0], _luma(b["clean"][j, 8:56]))
+            changed += not np.allclose(got[8:56], on_clean, atol=1e-3)
+    # The degraded image, not the clean one, is the visible input.
+    assert changed >= 3
+    # Training batches (augmented) also get it, inside [0, 1].
+    train = _take(_make(src, degrade=HAZE, saliency=True), 1)[0]
+    assert train["saliency"].shape == (4, S, S, 1)
+    assert 0.0 <= train["saliency"].min() and train["saliency"].max() <= 1.0
+
+
+def test_saliency_off_keeps_batches_unchanged():
+    src = _scenes(6)
+
+    def add_map(i, rec):
+        rec["saliency"] = np.full(rec["image"].shape[:2], 0.3, np.float32)
+        return rec
+
+    with_map = EditedSource(src, add_map)
+    for train in (True, False):
+        a = _take(_make(src, train=train, degrade=HAZE, seed=5), 2)
+        b = _take(_make(with_map, train=train, degrade=HAZE, seed=5), 2)
+        assert "saliency" not in a[0]
+        _assert_batches_equal(a, b)
+        # Turning saliency on adds the key and changes nothing else.
+        c = _take(_make(src, train=train, degrade=HAZE, seed=5, saliency=True), 2)
+        for x, y in zip(a, c):
+            assert set(y) == set(x) | {"saliency"}
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+@pytest.mark.parametrize("shape", ["hw", "hw1"])
+def test_precomputed_saliency_moves_with_thermal(shape):
+    # Left half hot (thermal 200) with saliency 1, right half cold with saliency 0: after
+    # any flip / scale / crop / letterbox, saliency must still equal thermal / 200.
+    def split_halves(i, rec):
+        h, w = rec["image"].shape[:2]
+        thermal = np.zeros((h, w, 1), np.uint8)
+        thermal[:, : w // 2] = 200
+        rec["thermal"] = thermal
+        sal_map = (thermal[..., 0] / 200.0).astype(np.float32)
+        rec["saliency"] = sal_map[..., None] if shape == "hw1" else sal_map
+        return rec
+
+    src = EditedSource(_scenes(4), split_halves)
+    b = _take(_make(src, train=False, degrade=HAZE, saliency=True), 1)[0]
+    # Eval: letterboxed into rows 8..55, used as is (not recomputed), zero padding.
+    np.testing.assert_array_equal(b["saliency"][:, 8:56, :32], 1.0)
+    np.testing.assert_array_equal(b["saliency"][:, 8:56, 32:], 0.0)
+    np.testing.assert_array_equal(b["saliency"][:, :8], 0.0)
+    np.testing.assert_array_equal(b["saliency"][:, 56:], 0.0)
+    for batch in _take(_make(src, degrade=HAZE, saliency=True, seed=3), 3):
+        np.testing.assert_allclose(
+            batch["saliency"], batch["thermal"].astype(np.float32) / 200.0, atol=0.01
+        )
+        assert batch["saliency"].dtype == np.float32
+        assert (batch["saliency"] > 0.9).any() and (batch["saliency"][batch["valid"]] == 0).any()
+
+
+def test_saliency_needs_thermal():
+    def drop_thermal(i, rec):
+        rec.pop("thermal")
+        return rec
+
+    with pytest.raises(ValueError, match=r"scenes/val/0.*thermal"):
+        _make(EditedSource(_scenes(4), drop_thermal), train=False, saliency=True)
+
+    def drop_third(i, rec):
+        return drop_thermal(i, rec) if i == 2 else rec
+
+    ds = _make(EditedSource(_scenes(4), drop_third), train=False, saliency=True)
+    with pytest.raises(ValueError, match=r"scenes/val/2.*thermal"):
+        list(ds)
+
+    # An invalid record (undecodable image) without thermal gets zeros.
+    def invalid_third(i, rec):
+        if i != 2:
+            return rec
+        return {"image": np.zeros((8, 8, 3), np.uint8), "id": rec["id"], "valid": False}
+
+    batch = next(iter(_make(EditedSource(_scenes(4), invalid_third), train=False,
+                            saliency=True)))
+    assert not batch["valid"][2] and batch["valid"].sum() == 3
+    np.testing.assert_array_equal(batch["saliency"][2], 0.0)
+    assert batch["saliency"][0].max() > 0
+    with pytest.raises(ValueError, match="saliency must be a bool"):
+        _make(_scenes(4), saliency="yes")

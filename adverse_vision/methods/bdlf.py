@@ -1,0 +1,483 @@
+"""BDLF: infrared-visible fusion trained as a bi-level problem (Liu et al., IJCAI 2023).
+
+The upper level is the fusion network theta (:class:`adverse_vision.models.bdlf.FusionNet`);
+the lower levels are the networks that learn from its output, one per branch of
+``cfg.bdlf.branches``:
+
+``critic``
+    the 1x1 pixel critic omega_d; lower loss ``f_d = 0.5 (E D(u) - E D(M))``
+    (Wasserstein, real = the saliency-weighted target ``M = s IR + (1 - s) Y_vis``,
+    fake = the fused luminance ``u``); upper loss ``F_d = |u - M|_1 + 1.1 (1 -
+    SSIM(u, M)) + 0.5 (-E D(u))`` (``bdlf.ssim_weight``, ``bdlf.fusion_adv_weight``).
+``detection``
+    the project's YOLOX omega_s on the fused colour image
+    (:func:`adverse_vision.ops.color.fused_color`, ImageNet-normalised); lower loss the
+    detection loss, upper loss the detection loss plus ``0.01 (-E D(u))``
+    (``bdlf.task_adv_weight``; the critic term only when there is a critic branch).
+``segmentation``
+    a DeepLab-LargeFOV segmenter omega_g on the fused colour image, per-pixel
+    cross-entropy (label 255 ignored), upper loss plus the same critic term.
+
+Each iteration (one jitted step) every lower-level network takes a step on its own
+loss at the current theta (its gradient stops at the fused image). Every
+``bdlf.upper_every`` iterations the fusion network takes a step on the aggregated
+first-order hypergradient: per branch ``G_k = grad_theta F_k - (<grad_omega F_k,
+grad_omega f_k> / |grad_omega f_k|^2) grad_theta f_k``, computed by
+:func:`adverse_vision.bilevel.value_and_hypergradient` with ``F_k`` on the upper
+batch (drawn from the held-out part of the training split, ``batch["upper/..."]``)
+and ``f_k`` on the lower batch, then combined by ``bdlf.aggregation``
+(:func:`adverse_vision.bilevel.aggregate`). The hypergradient is computed under a
+``lax.cond``, only on those iterations.
+
+Differences from the official code, on purpose: each branch keeps its own
+hypergradient until the weighted sum (the official code's aliasing collapses the
+update to ``0.5 (G_d + G_s)``); the correction term is not multiplied by the
+learning rate; ``grad_theta f_k`` is the gradient of the branch's own lower loss
+(the official critic branch differentiates the generator loss there); the fused
+colour image is min-max normalised per image (``bdlf.minmax="batch"`` gives the
+official whole-batch normalisation).
+
+Baselines by ``bdlf.mode``, trained with the same task networks and steps:
+``fusion_loss`` (theta steps every iteration on the fusion loss alone: no critic,
+no hypergradient), ``visible`` and ``infrared`` (no fusion: the task networks see
+the visible image, or the infrared image repeated to three channels).
+
+Evaluation: the fusion metrics (:mod:`adverse_vision.metrics.fusion`) of the fused
+luminance against the infrared image and the visible luminance, on the 0-255 scale,
+over the real (non-letterbox) pixels of each image; VOC mAP@0.5 of the detector and
+mIoU of the segmenter on the fused colour images. In the ``visible`` and
+``infrared`` modes the "fused" image scored is that input itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from adverse_vision import bilevel, optim
+from adverse_vision.config import BDLF_BRANCHES, BDLF_MODES
+from adverse_vision.losses.fusion import critic_loss, fusion_loss, generator_loss
+from adverse_vision.methods.detection import (
+    DetectionEvaluator,
+    DetectionMethod,
+    normalize_images,
+)
+from adverse_vision.metrics.fusion import FUSION_METRICS, FusionMeter
+from adverse_vision.metrics.segmentation import SegmentationMeter
+from adverse_vision.models.bdlf import FusionNet, PixelCritic
+from adverse_vision.models.dnhl import DeepLabLargeFOV, upsample_logits
+from adverse_vision.ops.color import fused_color, luminance
+
+log = logging.getLogger("adverse_vision.bdlf")
+
+UPPER_PREFIX = "upper/"
+IGNORE_LABEL = 255
+#: Parameter group of each branch's network.
+GROUPS = {"critic": "critic", "detection": "detector", "segmentation": "segmenter"}
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first unusable ``bdlf`` key."""
+    b = cfg.bdlf
+    if b.mode not in BDLF_MODES:
+        raise ValueError(f"config key 'bdlf.mode' is {b.mode!r}; choose one of {BDLF_MODES}")
+    branches = tuple(b.branches)
+    unknown = [x for x in branches if x not in BDLF_BRANCHES]
+    if unknown or len(set(branches)) != len(branches):
+        raise ValueError(f"config key 'bdlf.branches' is {branches!r}; use distinct names from "
+                         f"{BDLF_BRANCHES}")
+    if not any(x in branches for x in ("detection", "segmentation")) and b.mode in ("visible", "infrared"):
+        raise ValueError(f"config key 'bdlf.branches' is {branches!r}: mode {b.mode!r} trains a "
+                         "task network, add 'detection' or 'segmentation'")
+    if b.mode == "bilevel" and not branches:
+        raise ValueError("config key 'bdlf.branches' is empty: the bi-level mode needs a lower level")
+    if b.aggregation == "fixed" and len(tuple(b.aggregation_weights)) != len(branches):
+        raise ValueError(f"config key 'bdlf.aggregation_weights' has {len(tuple(b.aggregation_weights))} "
+                         f"weights for {len(branches)} branches {branches}")
+    if int(b.upper_every) < 1:
+        raise ValueError(f"config key 'bdlf.upper_every' must be >= 1, got {b.upper_every!r}")
+    if not 0.0 < float(b.upper_fraction) < 1.0:
+        raise ValueError(f"config key 'bdlf.upper_fraction' must be in (0, 1), got {b.upper_fraction!r}")
+    if "segmentation" in branches and len(tuple(b.seg_classes)) < 2:
+        raise ValueError("config key 'bdlf.seg_classes' needs at least two class names")
+
+
+def _dtype(cfg):
+    return jnp.dtype(cfg.model.dtype)
+
+
+class BDLFMethod:
+    """BDLF as a trainer method (see the module docstring)."""
+
+    eval_keys = ("boxes", "classes", "box_mask", "difficult", "valid", "scale", "offset",
+                 "orig_size", "image", "thermal", "mask")
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        check_config(cfg)
+        self.cfg = cfg
+        b = cfg.bdlf
+        self.mode = b.mode
+        self.fuses = self.mode in ("bilevel", "fusion_loss")
+        branches = tuple(b.branches)
+        if not self.fuses:
+            branches = tuple(x for x in branches if x != "critic")
+        if self.mode == "fusion_loss":
+            branches = tuple(x for x in branches if x != "critic")
+        self.branches = branches
+        self.upper_every = int(b.upper_every) if self.mode == "bilevel" else 1
+        dtype = _dtype(cfg)
+        self.fusion = FusionNet(width=float(b.fusion_width), dtype=dtype)
+        self.critic = PixelCritic(width=float(b.critic_width), dtype=dtype)
+        self.det = DetectionMethod(cfg) if "detection" in branches else None
+        self.seg_classes = tuple(b.seg_classes)
+        self.segmenter = DeepLabLargeFOV(
+            num_classes=len(self.seg_classes), width=float(b.seg_width),
+            fc_features=int(b.seg_fc) or 1024, dropout_rate=float(b.seg_dropout),
+            dtype=dtype) if "segmentation" in branches else None
+        if self.det is not None:
+            self.best_metric = "val/mAP"
+        elif self.segmenter is not None:
+            self.best_metric = "val/miou"
+        else:
+            self.best_metric = "val/Qabf"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The parameter groups of the run, upper level first."""
+        return (("fusion",) if self.fuses else ()) + tuple(GROUPS[b] for b in self.branches)
+
+    def init_variables(self, rng: jax.Array) -> dict[str, Any]:
+        s = self.cfg.image_size
+        keys = dict(zip(("fusion", "critic", "detector", "segmenter"), jax.random.split(rng, 4)))
+        params, stats = {}, {}
+        gray = jnp.zeros((1, s, s, 1), jnp.float32)
+        rgb = jnp.zeros((1, s, s, 3), jnp.float32)
+        for group in self.groups:
+            if group == "fusion":
+                v = self.fusion.init(keys[group], gray, gray)
+            elif group == "critic":
+                v = self.critic.init(keys[group], gray, train=False)
+            elif group == "detector":
+                v = self.det.init_variables(keys[group])
+            else:
+                v = self.segmenter.init({"params": keys[group]}, rgb, train=False)
+            v = dict(v)
+            params[group] = v.pop("params")
+            if "batch_stats" in v:
+                stats[group] = v["batch_stats"]
+        return {"params": params, "batch_stats": stats}
+
+    def make_optimizer(self) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        """The lower-level networks on ``cfg.optimizer``; the fusion network on its own
+        optimiser (``bdlf.fusion_*``), stepping every ``upper_every`` iterations."""
+        b = self.cfg.bdlf
+        lower_tx, schedule = optim.make_optimizer(self.cfg)
+        if b.fusion_optimizer == "adam":
+            fusion_tx = optax.adamw(b.fusion_lr, weight_decay=b.fusion_weight_decay,
+                                    mask=optim.decay_mask)
+        else:  # weight decay added to the gradient, as torch.optim.SGD does
+            fusion_tx = optax.chain(optax.add_decayed_weights(b.fusion_weight_decay), optax.sgd(b.fusion_lr))
+        k = self.upper_every
+        if k > 1:
+            fusion_tx = optax.conditionally_mask(fusion_tx, lambda count: count % k == 0)
+
+        def labels(params):
+            return {g: jax.tree.map(lambda _, g=g: "fusion" if g == "fusion" else "lower", p)
+                    for g, p in params.items()}
+
+        return optax.multi_transform({"fusion": fusion_tx, "lower": lower_tx}, labels), schedule
+
+    def prepare_state(self, state, trainer):
+        """Starts the fusion network from ``bdlf.fusion_from`` (a BDLF workdir) when set."""
+        src = self.cfg.bdlf.fusion_from
+        if not src:
+            return state
+        if not self.fuses:
+            raise ValueError(f"config key 'bdlf.fusion_from' is set but mode {self.mode!r} has no "
+                             "fusion network")
+        from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+        other = trainer_lib.load_workdir_config(src)
+        if other.method != "bdlf" or float(other.bdlf.fusion_width) != float(self.cfg.bdlf.fusion_width):
+            raise ValueError(f"config key 'bdlf.fusion_from': {src} is not a BDLF run with "
+                             f"bdlf.fusion_width={self.cfg.bdlf.fusion_width}")
+        _, variables, step = trainer_lib.restore_for_eval(src, "best")
+        if "fusion" not in variables["params"]:
+            raise ValueError(f"config key 'bdlf.fusion_from': {src} has no fusion network")
+        params = dict(state.params)
+        params["fusion"] = jax.device_put(variables["params"]["fusion"], trainer.replicated)
+        log.info("fusion network from %s (step %d)", src, step)
+        ema = params if state.ema_params is not None else None
+        return state.replace(params=params, opt_state=jax.jit(trainer.tx.init)(params),
+                             ema_params=ema)
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _sources(batch):
+        vis = batch["image"].astype(jnp.float32) / 255.0
+        ir = batch["thermal"].astype(jnp.float32) / 255.0
+        y = luminance(vis)
+        return vis, ir, y
+
+    def _target(self, batch):
+        _, ir, y = self._sources(batch)
+        s = batch["saliency"].astype(jnp.float32)
+        return s * ir + (1.0 - s) * y
+
+    def _fuse(self, theta, batch):
+        _, ir, y = self._sources(batch)
+        return self.fusion.apply({"params": theta}, ir, y)
+
+    def _task_image(self, fused, batch):
+        """RGB in [0, 1] that the task networks see."""
+        vis, ir, _ = self._sources(batch)
+        if self.mode == "visible":
+            return vis
+        if self.mode == "infrared":
+            return jnp.repeat(ir, 3, axis=-1)
+        return fused_color(fused, vis, self.cfg.bdlf.minmax)
+
+    def _single(self, fused, batch):
+        """The one-channel image scored by the fusion metrics."""
+        if self.mode == "visible":
+            return self._sources(batch)[2]
+        if self.mode == "infrared":
+            return self._sources(batch)[1]
+        return fused
+
+    def _critic(self, omega, stats, x):
+        out, upd = self.critic.apply({"params": omega, "batch_stats": stats}, x, train=True,
+                                     mutable=["batch_stats"])
+        return out, upd["batch_stats"]
+
+    def _branch_loss(self, branch, omega, stats, fused, batch, rng, step):
+        """(loss, (new stats, metrics)) of one lower level on ``fused``."""
+        if branch == "critic":
+            d_fake, stats = self._critic(omega, stats, fused)
+            d_real, stats = self._critic(omega, stats, self._target(batch))
+            loss = critic_loss(d_fake, d_real, batch["valid"])
+            return loss, (stats, {"critic": loss})
+        image = self._task_image(fused, batch)
+        if branch == "detection":
+            heads, upd = self.det.model.apply({"params": omega, "batch_stats": stats},
+                                              normalize01(image), train=True, mutable=["batch_stats"])
+            loss, parts = self.det.detection_loss(heads, batch, step)
+            return loss, (upd["batch_stats"], {"det": loss, **{f"det_{k}": v for k, v in parts.items()}})
+        logits = self.segmenter.apply({"params": omega}, image, train=True, rngs={"dropout": rng})
+        loss = seg_loss(logits, batch["mask"], batch["valid"])
+        return loss, (stats, {"seg": loss})
+
+    def _upper_loss(self, branch, theta, omega, params, stats, batch, rng, step):
+        """F_k(theta, omega_k) on the upper batch (BatchNorm in training mode, its
+        statistics discarded)."""
+        fused = self._fuse(theta, batch)
+        adv = 0.0
+        if "critic" in self.branches:
+            critic_params = omega if branch == "critic" else jax.lax.stop_gradient(params["critic"])
+            d_fake, _ = self._critic(critic_params, stats.get("critic", {}), fused)
+            adv = generator_loss(d_fake, batch["valid"])
+        if branch == "critic":
+            loss, _ = fusion_loss(fused, self._target(batch), batch["valid"], self.cfg.bdlf.ssim_weight)
+            return loss + self.cfg.bdlf.fusion_adv_weight * adv
+        task, _ = self._branch_loss(branch, omega, stats.get(GROUPS[branch], {}), fused, batch, rng, step)
+        return task + self.cfg.bdlf.task_adv_weight * adv
+
+    def _lower_loss(self, branch, theta, omega, stats, batch, rng, step):
+        fused = self._fuse(theta, batch)
+        loss, _ = self._branch_loss(branch, omega, stats.get(GROUPS[branch], {}), fused, batch, rng, step)
+        return loss
+
+    # ------------------------------------------------------------------ training
+    def grads_fn(self, params, model_state, batch, rng, step):
+        """``(loss, grads, model_state, metrics)`` of one iteration (see the module docstring)."""
+        lower = {k: v for k, v in batch.items() if not k.startswith(UPPER_PREFIX)}
+        upper = {k[len(UPPER_PREFIX):]: v for k, v in batch.items() if k.startswith(UPPER_PREFIX)}
+        stats = model_state.get("batch_stats", {})
+        theta = params.get("fusion")
+        rngs = dict(zip(self.branches + ("aggregate", "upper"), jax.random.split(rng, len(self.branches) + 2)))
+        metrics: dict[str, jax.Array] = {}
+
+        def lower_levels(theta, omegas):
+            fused = self._fuse(theta, lower) if self.fuses else None
+            total = jnp.zeros((), jnp.float32)
+            new_stats = dict(stats)
+            parts: dict[str, jax.Array] = {}
+            if self.mode == "fusion_loss":
+                total, fparts = fusion_loss(fused, self._target(lower), lower["valid"],
+                                            self.cfg.bdlf.ssim_weight)
+                parts.update(fusion=total, fusion_l1=fparts["l1"], fusion_ssim=fparts["ssim"])
+            task_input = jax.lax.stop_gradient(fused) if fused is not None else None
+            for branch in self.branches:
+                group = GROUPS[branch]
+                loss, (st, m) = self._branch_loss(branch, omegas[group], stats.get(group, {}),
+                                                  task_input, lower, rngs[branch], step)
+                total = total + loss
+                parts.update(m)
+                if st:
+                    new_stats[group] = st
+            return total, (new_stats, parts)
+
+        omegas = {g: params[g] for g in self.groups if g != "fusion"}
+        argnums = (0, 1) if self.mode == "fusion_loss" else 1
+        (loss, (new_stats, parts)), grads = jax.value_and_grad(lower_levels, argnums=argnums, has_aux=True)(
+            theta, omegas)
+        metrics.update(parts)
+        if self.mode == "fusion_loss":
+            g_theta, g_omegas = grads
+        else:
+            g_theta, g_omegas = None, grads
+        out = dict(g_omegas)
+        if self.mode == "bilevel":
+            g_theta, hyper_metrics = self._hyper_step(params, stats, lower, upper, rngs, step)
+            metrics.update(hyper_metrics)
+        if self.fuses:
+            out["fusion"] = g_theta
+        model_state = dict(model_state, batch_stats=new_stats)
+        return loss, out, model_state, metrics
+
+    def _hyper_step(self, params, stats, lower, upper, rngs, step):
+        """The aggregated hypergradient on iterations ``step % upper_every == 0``, else zeros."""
+        theta = params["fusion"]
+        b = self.cfg.bdlf
+        eps = float(b.hyper_eps)
+
+        def compute(_):
+            grads, values = [], []
+            for branch in self.branches:
+                group = GROUPS[branch]
+
+                def upper_loss(t, w, branch=branch):
+                    return self._upper_loss(branch, t, w, params, stats, upper, rngs["upper"], step)
+
+                def lower_loss(t, w, branch=branch):
+                    return self._lower_loss(branch, t, w, stats, lower, rngs[branch], step)
+
+                value, g = bilevel.value_and_hypergradient(upper_loss, lower_loss, theta, params[group], eps)
+                grads.append(g)
+                values.append(value)
+            total, w = bilevel.aggregate(grads, b.aggregation, key=rngs["aggregate"],
+                                         weights=tuple(b.aggregation_weights) or None)
+            return total, (w, jnp.stack(values), bilevel.tree_norm(total))
+
+        def skip(_):
+            k = len(self.branches)
+            return (jax.tree.map(jnp.zeros_like, theta),
+                    (jnp.zeros((k,), jnp.float32), jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32)))
+
+        total, (w, values, norm) = jax.lax.cond(step % self.upper_every == 0, compute, skip, None)
+        metrics = {"hyper_norm": norm}
+        for i, branch in enumerate(self.branches):
+            metrics[f"weight_{branch}"] = w[i]
+            metrics[f"upper_{branch}"] = values[i]
+        return total, metrics
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, variables, batch) -> dict[str, jax.Array]:
+        params = variables["params"]
+        stats = {k: v for k, v in variables.items() if k != "params"}.get("batch_stats", {})
+        fused = self.fusion.apply({"params": params["fusion"]}, *self._sources(batch)[1:]) \
+            if self.fuses else None
+        out = {"fused": jnp.clip(self._single(fused, batch), 0.0, 1.0)}
+        image = self._task_image(fused, batch)
+        out["fused_rgb"] = image
+        if self.det is not None:
+            heads = self.det.model.apply({"params": params["detector"],
+                                          "batch_stats": stats.get("detector", {})},
+                                         normalize01(image), train=False)
+            out.update(self.det.detect(heads))
+        if self.segmenter is not None:
+            logits = self.segmenter.apply({"params": params["segmenter"]}, image, train=False)
+            logits = upsample_logits(logits, image.shape[1], image.shape[2])
+            out["segmentation"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return out
+
+    def make_evaluator(self) -> BDLFEvaluator:
+        return BDLFEvaluator(self)
+
+
+def normalize01(image: jax.Array) -> jax.Array:
+    """[0, 1] RGB -> the ImageNet-normalised input of the project's YOLOX."""
+    return normalize_images(image * 255.0)
+
+
+def seg_loss(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
+    """Per-pixel cross-entropy of stride-8 logits upsampled to the mask (255 ignored)."""
+    from adverse_vision.methods.dnhl import pixel_cross_entropy  # pylint: disable=import-outside-toplevel
+    return pixel_cross_entropy(logits, mask, valid)
+
+
+def _windows(batch: dict[str, np.ndarray]) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of each image's real pixels inside its letterbox."""
+    out = []
+    size = batch["image"].shape[1:3]
+    for scale, (dx, dy), (h, w) in zip(batch["scale"], batch["offset"], batch["orig_size"]):
+        y0, x0 = round(float(dy)), round(float(dx))
+        y1 = min(size[0], y0 + round(float(h) * float(scale)))
+        x1 = min(size[1], x0 + round(float(w) * float(scale)))
+        out.append((y0, y1, x0, x1))
+    return out
+
+
+class BDLFEvaluator:
+    """Fusion metrics, detection mAP and segmentation mIoU of one evaluation pass."""
+
+    def __init__(self, method: BDLFMethod):
+        self.fusion = FusionMeter()
+        self.limit = int(method.cfg.bdlf.eval_images)
+        self.det = DetectionEvaluator(method.cfg.data.class_names) if method.det is not None else None
+        self.seg = SegmentationMeter(len(method.seg_classes), ignore_label=IGNORE_LABEL) \
+            if method.segmenter is not None else None
+
+    def add(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        valid = np.asarray(batch["valid"], bool)
+        # Scored as 8-bit grey images, as fusion results are saved and evaluated.
+        vis_y = np.round(np.asarray(batch["image"], np.float64) @ np.asarray([0.299, 0.587, 0.114]))
+        ir = np.asarray(batch["thermal"], np.float64)[..., 0]
+        fused = np.round(np.clip(np.asarray(outputs["fused"], np.float64)[..., 0], 0.0, 1.0) * 255.0)
+        for i, (y0, y1, x0, x1) in enumerate(_windows(batch)):
+            if not valid[i] or (self.limit and self.fusion.count >= self.limit):
+                continue
+            window = (slice(None), slice(y0, y1), slice(x0, x1))
+            self.fusion.add(fused[i:i + 1][window], ir[i:i + 1][window], vis_y[i:i + 1][window])
+        if self.det is not None:
+            self.det.add(outputs, batch)
+        if self.seg is not None:
+            self.seg.add(np.asarray(outputs["segmentation"]), np.asarray(batch["mask"]), valid)
+
+    def compute(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.fusion.count:
+            out.update(self.fusion.compute())
+        if self.det is not None:
+            out.update(self.det.compute())
+        if self.seg is not None:
+            seg = self.seg.compute()
+            out.update({"miou": float(seg["miou"])})
+        return out
+
+    def table(self) -> str:
+        """The fusion metrics (mean over images), the detector's per-class AP table and
+        the segmenter's mIoU."""
+        metrics = self.compute()
+        names = [k for k in FUSION_METRICS if k in metrics]
+        lines = []
+        if names:
+            lines.append(f"fusion metrics over {self.fusion.count} images (0-255 grey):")
+            lines.append(" ".join(f"{k:>8}" for k in names))
+            lines.append(" ".join(f"{metrics[k]:>8.4f}" for k in names))
+        if self.det is not None:
+            lines.append(self.det.table())
+        if self.seg is not None:
+            lines.append(f"mIoU {metrics['miou']:.4f}")
+        return "\n".join(lines)
+
+
+__all__ = ["BDLFEvaluator", "BDLFMethod", "check_config", "normalize01", "seg_loss"]
+
+

@@ -1,0 +1,208 @@
+"""BDLF as a trainer method: configs, the bi-level step, baselines, training, resume, evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adverse_vision import bilevel, parallel
+from adverse_vision import trainer as trainer_lib
+from adverse_vision.data.factory import DataBundle
+from adverse_vision.losses.fusion import critic_loss, fusion_loss, generator_loss
+from adverse_vision.methods import bdlf
+from adverse_vision.ops.color import luminance
+from configs import bdlf_scenes
+from tests.helpers import bdlf_smoke_config as smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("tokens", ["", "tiny", "tiny,fusion", "tiny,visible", "tiny,infrared",
+                                    "tiny,gradnorm,seg", "official", "tiny,official"])
+def test_configs_build(tokens):
+    cfg = bdlf_scenes.get_config(tokens)
+    assert cfg.method == "bdlf"
+    bdlf.check_config(cfg)
+    assert isinstance(cfg.data.degrade, tuple) and len(cfg.data.degrade) == 2
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("bdlf.branches", ("critic", "tracking"), "bdlf.branches"),
+    ("bdlf.aggregation_weights", (1.0,), "bdlf.aggregation_weights"),
+    ("bdlf.upper_fraction", 1.5, "bdlf.upper_fraction"),
+    ("bdlf.upper_every", 0, "bdlf.upper_every"),
+])
+def test_bad_values_are_named(key, value, match):
+    cfg = smoke(**{key: value, "bdlf.aggregation": "fixed" if "weights" in key else "random"})
+    with pytest.raises(ValueError, match=match):
+        bdlf.BDLFMethod(cfg)
+
+
+def test_baseline_modes_use_one_source():
+    cfg = smoke("visible")
+    method = bdlf.BDLFMethod(cfg)
+    assert method.groups == ("detector",)
+    batch = {"image": jnp.full((1, 4, 4, 3), 200, jnp.uint8),
+             "thermal": jnp.full((1, 4, 4, 1), 50, jnp.uint8)}
+    np.testing.assert_allclose(method._task_image(None, batch), 200 / 255, rtol=1e-6)
+    method = bdlf.BDLFMethod(smoke("infrared"))
+    np.testing.assert_allclose(method._task_image(None, batch), 50 / 255, rtol=1e-6)
+    assert method._task_image(None, batch).shape == (1, 4, 4, 3)
+    assert bdlf.BDLFMethod(smoke("fusion")).groups == ("fusion", "detector")
+    assert bdlf.BDLFMethod(smoke()).groups == ("fusion", "critic", "detector")
+
+
+def _paired_batch(cfg, mesh):
+    data = DataBundle(cfg, per_host_batch=cfg.batch_size)
+    it = data.train_iterator()
+    local = next(it)
+    it.close()
+    return parallel.global_batch(local, mesh)
+
+
+def test_hypergradient_of_the_step_is_the_formula():
+    """Critic branch alone, fixed weight 1: the step's fusion gradient is the explicit
+    first-order hypergradient of F (upper batch) and f (lower batch), written here
+    from the networks and losses directly."""
+    cfg = smoke(**{"bdlf.branches": ("critic",), "bdlf.aggregation": "fixed",
+                   "bdlf.aggregation_weights": (1.0,)})
+    method = bdlf.BDLFMethod(cfg)
+    variables = method.init_variables(jax.random.key(0))
+    params, stats = variables["params"], variables["batch_stats"]
+    batch = _paired_batch(cfg, parallel.make_mesh())
+    _, grads, _, metrics = jax.jit(method.grads_fn)(
+        params, {"batch_stats": stats}, batch, jax.random.key(1), jnp.asarray(0))
+
+    def parts(prefix):
+        vis = batch[prefix + "image"].astype(jnp.float32) / 255
+        ir = batch[prefix + "thermal"].astype(jnp.float32) / 255
+        y = luminance(vis)
+        s = batch[prefix + "saliency"]
+        return ir, y, s * ir + (1 - s) * y, batch[prefix + "valid"]
+
+    def critic(w, x):
+        out, _ = method.critic.apply({"params": w, "batch_stats": stats["critic"]}, x, train=True,
+                                     mutable=["batch_stats"])
+        return out
+
+    def upper(t, w):
+        ir, y, target, valid = parts("upper/")
+        u = method.fusion.apply({"params": t}, ir, y)
+        return fusion_loss(u, target, valid)[0] + 0.5 * generator_loss(critic(w, u), valid)
+
+    def lower(t, w):
+        ir, y, target, valid = parts("")
+        u = method.fusion.apply({"params": t}, ir, y)
+        return critic_loss(critic(w, u), critic(w, target), valid)
+
+    ref = jax.jit(lambda t, w: bilevel.explicit_hypergradient(upper, lower, t, w))(
+        params["fusion"], params["critic"])
+    # float32 in another program: the same formula run eagerly and jitted differs by
+    # 1.2e-4 of the norm (measured), a wrong batch or weight by far more.
+    err = bilevel.tree_norm(jax.tree.map(jnp.subtract, grads["fusion"], ref))
+    assert float(err) < 1e-3 * float(bilevel.tree_norm(ref))
+    direct = jax.grad(upper)(params["fusion"], params["critic"])
+    gap = bilevel.tree_norm(jax.tree.map(jnp.subtract, direct, ref))
+    assert float(gap) > 1e-2 * float(bilevel.tree_norm(ref))  # the correction matters
+    assert float(metrics["weight_critic"]) == 1.0
+    # Off the hyper-step the fusion network gets no gradient at all.
+    _, grads, _, _ = jax.jit(method.grads_fn)(params, {"batch_stats": stats}, batch,
+                                              jax.random.key(1), jnp.asarray(1))
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(grads["fusion"])) == 0.0
+
+
+def test_fusion_loss_mode_gradient():
+    cfg = smoke("fusion", **{"bdlf.branches": ()})
+    method = bdlf.BDLFMethod(cfg)
+    variables = method.init_variables(jax.random.key(0))
+    batch = _paired_batch(cfg, parallel.make_mesh())
+    loss, grads, _, _ = jax.jit(method.grads_fn)(
+        variables["params"], {"batch_stats": {}}, batch, jax.random.key(1), jnp.asarray(3))
+
+    def alone(t):
+        vis = batch["image"].astype(jnp.float32) / 255
+        ir = batch["thermal"].astype(jnp.float32) / 255
+        y = luminance(vis)
+        s = batch["saliency"]
+        return fusion_loss(method.fusion.apply({"params": t}, ir, y), s * ir + (1 - s) * y,
+                           batch["valid"])[0]
+
+    ref = jax.grad(alone)(variables["params"]["fusion"])
+    for a, b in zip(jax.tree.leaves(grads["fusion"]), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert float(loss) == pytest.approx(float(alone(variables["params"]["fusion"])), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The smoke config trained 2 steps, then resumed to 4 (a killed run continues)."""
+    workdir = str(tmp_path_factory.mktemp("bdlf"))
+    cfg = smoke(total_steps=2)
+    first = trainer_lib.train_and_evaluate(cfg, workdir, progress=False)
+    cfg = smoke()
+    second = trainer_lib.train_and_evaluate(cfg, workdir, progress=False)
+    return workdir, first, second
+
+
+def test_train_resume_and_metrics(trained):
+    workdir, first, second = trained
+    assert first["final_step"] == 2 and second["start_step"] == 2 and second["final_step"] == 4
+    val = second["val"]
+    for key in ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "mAP"):
+        assert key in val and np.isfinite(val[key]) or key in ("SCD",)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    train = [r for r in rows if "train/hyper_norm" in r]
+    assert train and any(r["train/hyper_norm"] > 0 for r in train)
+
+
+def test_evaluate_prints_the_fusion_table(trained):
+    workdir, _, _ = trained
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "adverse_vision.evaluate", "--workdir", workdir],
+                         check=False, capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fusion metrics over 16 images" in out.stdout
+    assert "Qabf" in out.stdout and "mAP" in out.stdout
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["Qabf"] <= 1.0
+
+
+def _small(cfg, root):
+    cfg.data.root = str(root)
+    cfg.image_size = 64
+    cfg.batch_size = 2
+    cfg.data.num_workers = 0
+    cfg.data.train_split = cfg.data.val_split = "train"
+    return cfg
+
+
+def test_m3fd_and_mfnet_configs_feed_paired_batches(tmp_path):
+    from configs import bdlf_m3fd, bdlf_mfnet  # pylint: disable=import-outside-toplevel
+    from tests.data.test_fusion_pairs import (  # pylint: disable=import-outside-toplevel
+        M3FD_SAMPLES, make_m3fd, make_mfnet)
+    samples = {f"{i:05d}": s for i, s in enumerate(list(M3FD_SAMPLES.values()) * 4)}
+    make_m3fd(tmp_path / "m3fd", samples)
+    cfg = _small(bdlf_m3fd.get_config(""), tmp_path / "m3fd")
+    bdlf.BDLFMethod(cfg)
+    it = DataBundle(cfg, per_host_batch=2).train_iterator()
+    batch = next(it)
+    it.close()
+    assert batch["image"].shape == (2, 64, 64, 3) and batch["thermal"].shape == (2, 64, 64, 1)
+    assert batch["upper/saliency"].shape == (2, 64, 64, 1) and batch["box_mask"].any()
+    make_mfnet(tmp_path / "mfnet", {f"{i:03d}": (24, 32) for i in range(6)})
+    cfg = _small(bdlf_mfnet.get_config("fusion"), tmp_path / "mfnet")
+    method = bdlf.BDLFMethod(cfg)
+    assert method.groups == ("fusion", "segmenter") and method.best_metric == "val/miou"
+    it = DataBundle(cfg, per_host_batch=2).train_iterator()
+    batch = next(it)
+    it.close()
+    assert batch["mask"].shape == (2, 64, 64) and "upper/image" not in batch
+    labels = set(np.unique(batch["mask"]))
+    assert labels <= set(range(9)) | {255}

@@ -1,0 +1,99 @@
+"""BDLF's fusion network and critic: the official weights' outputs, sizes, key names, errors."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adverse_vision.convert import load_official, read_state_dict
+from adverse_vision.models.bdlf import BDLFusion, FusionNet, PixelCritic
+from adverse_vision.models.layers import param_count
+
+REFERENCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
+                                         "reference", "bdlfusion_fusion_seed0.npz"))
+
+
+def _nhwc(x):
+    return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def _rel(out, ref):
+    ref = np.asarray(ref).transpose(0, 2, 3, 1)
+    return float(np.linalg.norm(np.asarray(out) - ref) / np.linalg.norm(ref))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with np.load(REFERENCE) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_official_weights_reproduce_the_official_outputs(reference):
+    model, variables = load_official("bdlfusion", REFERENCE)
+    out = model.apply(variables, _nhwc(reference["ir_nchw"]), _nhwc(reference["vis_y_nchw"]),
+                      train=False)
+    assert set(out) == {"fused", "critic"}
+    # Measured: 1.7e-6 (fused) and 1.5e-6 (critic).
+    assert _rel(out["fused"], reference["fused_nchw"]) < 1e-3
+    assert _rel(out["critic"], reference["critic_nchw"]) < 1e-3
+
+
+def test_official_training_checkpoint_names(reference):
+    sd = read_state_dict(REFERENCE)
+    renamed = {}
+    for k, v in sd.items():
+        k = k.replace("fusion.", "enhance_net.", 1).replace("critic.", "discriminator.", 1)
+        renamed["module." + k] = v
+    renamed["module.denoise_net.fcos_body.head.cls_logits.weight"] = np.zeros((6, 256, 3, 3))
+    model, variables = load_official("bdlfusion", renamed)
+    out = model.apply(variables, _nhwc(reference["ir_nchw"]), _nhwc(reference["vis_y_nchw"]))
+    assert _rel(out["fused"], reference["fused_nchw"]) < 1e-3
+
+
+def test_missing_and_mismatched_keys_are_named():
+    sd = read_state_dict(REFERENCE)
+    partial = {k: v for k, v in sd.items() if "DRDB2.Dcov3" not in k}
+    with pytest.raises(ValueError, match="fusion/DRDB2/Dcov3"):
+        load_official("bdlfusion", partial)
+    bad = dict(sd)
+    bad["fusion.conv2.weight"] = np.zeros((32, 64, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="fusion.conv2.weight"):
+        load_official("bdlfusion", bad)
+
+
+def test_sizes_and_the_shared_slope():
+    model = BDLFusion()
+    x = jnp.zeros((1, 16, 16, 1))
+    shapes = jax.eval_shape(lambda k: model.init(k, x, x), jax.random.key(0))
+    params = shapes["params"]
+    assert param_count({"params": params["fusion"]}) == 417_730
+    assert param_count({"params": params["critic"]}) == 8_704
+    assert params["fusion"]["relu"]["negative_slope"].shape == ()
+    assert [k for k in params["fusion"] if "relu" in k] == ["relu"]
+    small = jax.eval_shape(lambda k: BDLFusion(width=0.25, critic_width=0.25).init(k, x, x),
+                           jax.random.key(0))
+    assert param_count({"params": small["params"]["fusion"]}) < 417_730 / 10
+
+
+def test_shapes_train_mode_and_bad_inputs():
+    ir = jax.random.uniform(jax.random.key(1), (2, 24, 20, 1))
+    y = jax.random.uniform(jax.random.key(2), (2, 24, 20, 1))
+    fusion = FusionNet(width=0.25)
+    v = fusion.init(jax.random.key(0), ir, y)
+    fused = fusion.apply(v, ir, y)
+    assert fused.shape == (2, 24, 20, 1) and fused.dtype == jnp.float32
+    critic = PixelCritic(width=0.25)
+    cv = critic.init(jax.random.key(0), fused)
+    score, updates = critic.apply(cv, fused, train=True, mutable=["batch_stats"])
+    assert score.shape == fused.shape
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                         updates["batch_stats"], cv["batch_stats"])
+    assert max(jax.tree.leaves(moved)) > 0
+    with pytest.raises(ValueError, match=r"same shape \(N, H, W, 1\)"):
+        fusion.apply(v, ir, y[:, :20])
+    with pytest.raises(ValueError, match="PixelCritic input"):
+        critic.apply(cv, jnp.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match="FusionNet.width"):
+        FusionNet(width=0).init(jax.random.key(0), ir, y)
