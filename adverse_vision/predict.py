@@ -13,6 +13,15 @@ non-recursively, in sorted order) it writes, in ``--out``:
 * ``<stem>_restored.png``: the restored (e.g. dehazed) image at the original size,
   for methods that restore (TogetherNet), unless ``--norestore``.
 
+Infrared-visible fusion runs (BDLF) take the visible images with ``--images`` and the
+infrared ones with ``--infrared FOLDER`` (paired by file stem; a visible image without
+its infrared twin is skipped with a warning) and write, besides the detections of a
+detection branch:
+
+* ``<stem>_fused.png``: the fused luminance (8-bit grey) at the original size;
+* ``<stem>_fused_rgb.png``: the fused colour image (the visible Cr/Cb kept);
+* ``<stem>_labels.png``: the segmenter's class indices, when the run has one.
+
 Images are decoded to RGB (EXIF orientation not applied, as in training), letterboxed
 to the trained ``image_size`` exactly as the evaluation pipeline does, and batched
 over all devices; the method's own prediction does the normalisation. Unreadable files
@@ -45,6 +54,8 @@ log = logging.getLogger("adverse_vision")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # Methods whose prediction can also return the restored image.
 RESTORING_METHODS = ("togethernet",)
+# Methods that fuse an infrared image with the visible one.
+FUSION_METHODS = ("bdlf",)
 # Boxes narrower or shorter than this (original pixels, after clipping to the image) are
 # dropped: boxes in the letterbox padding, and slivers that would collapse when the JSON
 # rounds coordinates to 0.01 px.
@@ -86,6 +97,30 @@ def read_image(path: str) -> np.ndarray:
     return arr
 
 
+def read_infrared(path: str) -> np.ndarray:
+    """uint8 (H, W, 1) infrared image (colour files are converted to grey)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises many exception types
+        raise ImageReadError(f"cannot read infrared image {path}: {type(e).__name__}: {e}") from None
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"cannot read infrared image {path}: empty image of shape {arr.shape}")
+    return arr[..., None]
+
+
+def infrared_pairs(paths: Sequence[str], folder: str) -> list[Optional[str]]:
+    """The infrared file of each visible image in ``folder``, matched by file stem
+    (None where there is none)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--infrared {folder} is not a folder")
+    by_stem: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith(IMAGE_EXTENSIONS):
+            by_stem.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
+    return [by_stem.get(os.path.splitext(os.path.basename(p))[0]) for p in paths]
+
+
 def output_stems(paths: Sequence[str]) -> list[str]:
     """File stems for the outputs; stems shared by several inputs (``a.jpg``, ``a.png``)
     get their extension appended (``a_jpg``, ``a_png``), and a number if still taken, so
@@ -123,11 +158,20 @@ def boxes_to_original(boxes: np.ndarray, scale: float, offset: Sequence[float],
 
 
 def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float],
-                      height: int, width: int) -> np.ndarray:
-    """A letterboxed (S, S, 3) float image in [-1, 1] -> uint8 (height, width, 3): the
-    padding is cropped (the same rounding as ``letterbox``) and the rest resized back."""
+                      height: int, width: int, value_range: tuple[float, float] = (-1.0, 1.0),
+                      nearest: bool = False) -> np.ndarray:
+    """A letterboxed (S, S, C) float image with values in ``value_range`` -> uint8
+    (height, width, C): the padding is cropped (the same rounding as ``letterbox``) and
+    the rest resized back (bicubic, or nearest for label maps, which are taken as is)."""
     restored = np.asarray(restored, np.float32)
-    pixels = np.clip(np.round((restored + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    lo, hi = value_range
+    if nearest:
+        pixels = np.clip(restored, 0, 255).astype(np.uint8)
+    else:
+        pixels = np.clip(np.round((restored - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    squeeze = pixels.ndim == 3 and pixels.shape[-1] == 1
+    if squeeze:
+        pixels = pixels[..., 0]
     new_h = max(1, int(round(height * float(scale))))
     new_w = max(1, int(round(width * float(scale))))
     dx, dy = int(round(float(offset[0]))), int(round(float(offset[1])))
@@ -135,9 +179,10 @@ def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float
     if crop.shape[:2] != (new_h, new_w):
         raise ValueError(f"restored image {pixels.shape} does not hold the letterbox window "
                          f"{new_h}x{new_w} at ({dx}, {dy})")
-    if (new_h, new_w) == (height, width):
-        return crop
-    return np.asarray(Image.fromarray(crop).resize((width, height), Image.BICUBIC))
+    if (new_h, new_w) != (height, width):
+        crop = np.asarray(Image.fromarray(crop).resize(
+            (width, height), Image.NEAREST if nearest else Image.BICUBIC))
+    return crop[..., None] if squeeze else crop
 
 
 # --------------------------------------------------------------------------- model
@@ -171,6 +216,9 @@ class Prediction:
     scores: np.ndarray   # (N,) float32, descending
     classes: np.ndarray  # (N,) int32
     restored: Optional[np.ndarray] = None  # uint8 (H, W, 3) or None
+    fused: Optional[np.ndarray] = None  # fusion: uint8 (H, W, 1) fused luminance
+    fused_rgb: Optional[np.ndarray] = None  # fusion: uint8 (H, W, 3)
+    labels: Optional[np.ndarray] = None  # segmentation: uint8 (H, W) class indices
 
 
 class Predictor:
@@ -196,6 +244,9 @@ class Predictor:
         self.restores = bool(restore) and trainer.cfg.method in RESTORING_METHODS
         self._predict = restoring_predict_fn(trainer, self.restores) or trainer.predict
         self.class_names = tuple(trainer.cfg.data.class_names)
+        # Fusion runs take (visible, infrared) pairs.
+        self.fuses = trainer.cfg.method in FUSION_METHODS
+        self.detects = not self.fuses or "detection" in tuple(trainer.cfg.bdlf.branches)
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The raw outputs (letterboxed coordinates) of one full batch, on the host:
@@ -215,9 +266,16 @@ class Predictor:
         batch = {"image": np.zeros((b, s, s, 3), np.uint8), "valid": np.zeros((b,), bool),
                  "scale": np.ones((b,), np.float32), "offset": np.zeros((b, 2), np.float32),
                  "orig_size": np.zeros((b, 2), np.int32)}
+        if self.fuses:
+            batch["thermal"] = np.zeros((b, s, s, 1), np.uint8)
         metas = []
         for i, image in enumerate(images):
-            boxed = letterbox({"image": image}, s)
+            if self.fuses:
+                image, thermal = image
+                boxed = letterbox({"image": image, "thermal": thermal}, s)
+                batch["thermal"][i] = boxed["thermal"]
+            else:
+                boxed = letterbox({"image": image}, s)
             batch["image"][i] = boxed["image"]
             batch["valid"][i] = True
             batch["scale"][i] = boxed["scale"]
@@ -231,6 +289,10 @@ class Predictor:
         out = parallel.to_host(outputs)
         results = []
         for i, meta in enumerate(metas):
+            if "scores" not in out:  # no detector (e.g. a fusion run with a segmenter only)
+                results.append(Prediction(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
+                                          np.zeros((0,), np.int32), None, *self._fusion_outputs(out, i, meta)))
+                continue
             keep = np.asarray(out["valid"][i], bool) & (out["scores"][i] >= self.score_threshold)
             boxes = boxes_to_original(out["boxes"][i][keep], meta["scale"], meta["offset"],
                                       meta["height"], meta["width"])
@@ -245,8 +307,22 @@ class Predictor:
             if self.restores:
                 restored = unletterbox_image(out["restored"][i], meta["scale"], meta["offset"],
                                              meta["height"], meta["width"])
-            results.append(Prediction(boxes[order], scores[order], classes[order], restored))
+            results.append(Prediction(boxes[order], scores[order], classes[order], restored,
+                                      *self._fusion_outputs(out, i, meta)))
         return results
+
+    def _fusion_outputs(self, out, i: int, meta: dict) -> tuple:
+        """(fused, fused_rgb, labels) of image ``i`` at its original size, or Nones."""
+        if not self.fuses:
+            return None, None, None
+        geometry = (meta["scale"], meta["offset"], meta["height"], meta["width"])
+        fused = unletterbox_image(out["fused"][i], *geometry, value_range=(0.0, 1.0))
+        rgb = unletterbox_image(out["fused_rgb"][i], *geometry, value_range=(0.0, 1.0))
+        labels = None
+        if "segmentation" in out:
+            labels = unletterbox_image(out["segmentation"][i][..., None], *geometry,
+                                       nearest=True)[..., 0]
+        return fused, rgb, labels
 
     def predict_batches(self, items):
         """``items``: iterable of (key, image or None). Yields (key, Prediction or None) in
@@ -297,8 +373,16 @@ def detections_json(name: str, height: int, width: int, pred: Prediction,
 
 
 def _write_outputs(out: str, stem: str, path: str, image: np.ndarray, pred: Prediction,
-                   class_names: Sequence[str]) -> None:
+                   class_names: Sequence[str], detects: bool = True) -> None:
     h, w = image.shape[:2]
+    if pred.fused is not None:
+        Image.fromarray(pred.fused[..., 0]).save(os.path.join(out, f"{stem}_fused.png"))
+        Image.fromarray(pred.fused_rgb).save(os.path.join(out, f"{stem}_fused_rgb.png"))
+        image = pred.fused_rgb  # the detections are drawn on what the detector saw
+    if pred.labels is not None:
+        Image.fromarray(pred.labels).save(os.path.join(out, f"{stem}_labels.png"))
+    if not detects:
+        return
     record = detections_json(os.path.basename(path), h, w, pred, class_names)
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(record, f, indent=2)
@@ -317,15 +401,20 @@ def _check_options(score_threshold: float, batch_size: int) -> None:
 
 
 def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
-                  progress: Optional[bool] = None) -> dict[str, Any]:
+                  progress: Optional[bool] = None,
+                  infrared: Optional[Sequence[Optional[str]]] = None) -> dict[str, Any]:
     """Predicts the image files ``paths`` with ``predictor`` and writes the outputs to
     ``out`` (created when missing); returns a summary.
 
     The summary has ``images`` (how many were predicted), ``detections`` (their total),
     ``skipped`` (``[(path, reason), ...]`` of unreadable files), ``restored`` (whether
     restorations were written) and ``out``. Unreadable files are skipped with one
-    warning each; ``ValueError`` when none could be read.
+    warning each; ``ValueError`` when none could be read. Fusion runs need
+    ``infrared``, the infrared file of each path (None: skipped with a warning).
     """
+    if predictor.fuses and infrared is None:
+        raise ValueError(f"method {predictor.trainer.cfg.method!r} fuses infrared and visible "
+                         "images: give the infrared folder (--infrared)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out} exists and is not a folder")
     writer = jax.process_index() == 0
@@ -339,12 +428,21 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
         for i, path in enumerate(paths):
             try:
                 decoded[i] = read_image(path)
+                if predictor.fuses:
+                    if infrared[i] is None:
+                        raise ImageReadError(f"no infrared image with the stem of {path}")
+                    thermal = read_infrared(infrared[i])
+                    if thermal.shape[:2] != decoded[i].shape[:2]:
+                        raise ImageReadError(
+                            f"infrared image {infrared[i]} is {thermal.shape[1]}x{thermal.shape[0]}, "
+                            f"its visible twin {path} {decoded[i].shape[1]}x{decoded[i].shape[0]}")
             except ImageReadError as e:
+                decoded.pop(i, None)
                 log.warning("%s; skipped", e)
                 skipped.append((path, str(e)))
                 yield i, None
                 continue
-            yield i, decoded[i]
+            yield i, (decoded[i], thermal) if predictor.fuses else decoded[i]
 
     if progress is None:
         progress = sys.stderr.isatty() and writer
@@ -360,7 +458,8 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
             done += 1
             detections += len(pred.scores)
             if writer:
-                _write_outputs(out, stems[i], paths[i], image, pred, predictor.class_names)
+                _write_outputs(out, stems[i], paths[i], image, pred, predictor.class_names,
+                               detects=predictor.detects)
     finally:
         bar.close()
     if done == 0:
@@ -372,7 +471,8 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
 
 def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best",
                    score_threshold: float = 0.3, restore: bool = True, batch_size: int = 8,
-                   progress: Optional[bool] = None) -> dict[str, Any]:
+                   progress: Optional[bool] = None,
+                   infrared: Optional[str] = None) -> dict[str, Any]:
     """Predicts every image of ``images`` (a folder or one file) with the best or latest
     checkpoint of a training workdir and writes the outputs to ``out``.
 
@@ -391,7 +491,9 @@ def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best"
     if restore and not predictor.restores:
         log.info("method %r does not restore images: writing detections only",
                  trainer.cfg.method)
-    return {"step": int(step), **predict_files(predictor, paths, out, progress=progress)}
+    pairs = infrared_pairs(paths, infrared) if infrared else None
+    return {"step": int(step), **predict_files(predictor, paths, out, progress=progress,
+                                               infrared=pairs)}
 
 
 # --------------------------------------------------------------------------- program
@@ -405,6 +507,8 @@ def _define_flags():
     flags.DEFINE_string("images", None, "An image file or a folder of images "
                         "(jpg, jpeg, png, bmp; not recursive).")
     flags.DEFINE_string("out", None, "Output folder (created when missing).")
+    flags.DEFINE_string("infrared", None, "Fusion runs: the folder of infrared images, "
+                        "paired with --images by file stem.")
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                       "The best checkpoint by the validation metric, or the latest.")
     flags.DEFINE_float("score_threshold", 0.3, "Keep detections with at least this score.")
@@ -420,7 +524,7 @@ def main() -> int:
     parallel.maybe_initialize_distributed()
     summary = predict_folder(f.workdir, f.images, f.out, checkpoint=f.checkpoint,
                              score_threshold=f.score_threshold, restore=f.restore,
-                             batch_size=f.batch_size)
+                             batch_size=f.batch_size, infrared=f.infrared)
     skipped = len(summary["skipped"])
     print(f"checkpoint step {summary['step']} ({f.checkpoint}): {summary['images']} image(s), "
           f"{summary['detections']} detection(s) with score >= {f.score_threshold}"

@@ -43,9 +43,10 @@ no hypergradient), ``visible`` and ``infrared`` (no fusion: the task networks se
 the visible image, or the infrared image repeated to three channels).
 
 Evaluation: the fusion metrics (:mod:`adverse_vision.metrics.fusion`) of the fused
-luminance against the infrared image and the visible luminance, on the 0-255 scale,
-over the real (non-letterbox) pixels of each image; VOC mAP@0.5 of the detector and
-mIoU of the segmenter on the fused colour images. In the ``visible`` and
+luminance against the infrared image and the visible luminance, as 8-bit grey
+images, over the real (non-letterbox) pixels of each image (images whose real part
+is under ``metrics.fusion.MIN_SIZE`` pixels on a side are left out and counted); VOC
+mAP@0.5 of the detector and mIoU of the segmenter on the fused colour images. In the ``visible`` and
 ``infrared`` modes the "fused" image scored is that input itself.
 """
 
@@ -68,7 +69,7 @@ from adverse_vision.methods.detection import (
     DetectionMethod,
     normalize_images,
 )
-from adverse_vision.metrics.fusion import FUSION_METRICS, FusionMeter
+from adverse_vision.metrics.fusion import FUSION_METRICS, MIN_SIZE, FusionMeter
 from adverse_vision.metrics.segmentation import SegmentationMeter
 from adverse_vision.models.bdlf import FusionNet, PixelCritic
 from adverse_vision.models.dnhl import DeepLabLargeFOV, upsample_logits
@@ -430,6 +431,7 @@ class BDLFEvaluator:
     def __init__(self, method: BDLFMethod):
         self.fusion = FusionMeter()
         self.limit = int(method.cfg.bdlf.eval_images)
+        self.too_small = 0  # images whose real pixels are under MIN_SIZE on a side
         self.det = DetectionEvaluator(method.cfg.data.class_names) if method.det is not None else None
         self.seg = SegmentationMeter(len(method.seg_classes), ignore_label=IGNORE_LABEL) \
             if method.segmenter is not None else None
@@ -442,6 +444,9 @@ class BDLFEvaluator:
         fused = np.round(np.clip(np.asarray(outputs["fused"], np.float64)[..., 0], 0.0, 1.0) * 255.0)
         for i, (y0, y1, x0, x1) in enumerate(_windows(batch)):
             if not valid[i] or (self.limit and self.fusion.count >= self.limit):
+                continue
+            if min(y1 - y0, x1 - x0) < MIN_SIZE:  # too small for VIF's four scales
+                self.too_small += 1
                 continue
             window = (slice(None), slice(y0, y1), slice(x0, x1))
             self.fusion.add(fused[i:i + 1][window], ir[i:i + 1][window], vis_y[i:i + 1][window])

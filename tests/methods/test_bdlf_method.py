@@ -206,3 +206,29 @@ def test_m3fd_and_mfnet_configs_feed_paired_batches(tmp_path):
     assert batch["mask"].shape == (2, 64, 64) and "upper/image" not in batch
     labels = set(np.unique(batch["mask"]))
     assert labels <= set(range(9)) | {255}
+
+
+def test_predict_writes_fused_images_at_the_original_size(trained, tmp_path):
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    from adverse_vision import predict  # pylint: disable=import-outside-toplevel
+    workdir, _, _ = trained
+    vis_dir, ir_dir, out = tmp_path / "vis", tmp_path / "ir", tmp_path / "out"
+    vis_dir.mkdir()
+    ir_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for stem, (h, w) in {"a": (60, 80), "b": (50, 50), "lonely": (40, 40)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(vis_dir / f"{stem}.png")
+        if stem != "lonely":
+            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(ir_dir / f"{stem}.png")
+    summary = predict.predict_folder(workdir, str(vis_dir), str(out), infrared=str(ir_dir),
+                                     batch_size=8, progress=False)
+    assert summary["images"] == 2 and [p for p, _ in summary["skipped"]] == [str(vis_dir / "lonely.png")]
+    fused = np.asarray(Image.open(out / "a_fused.png"))
+    assert fused.shape == (60, 80) and fused.dtype == np.uint8
+    assert np.asarray(Image.open(out / "a_fused_rgb.png")).shape == (60, 80, 3)
+    with open(out / "b.json") as f:
+        assert json.load(f)["width"] == 50
+    assert (out / "b_boxes.jpg").exists() and not (out / "a_labels.png").exists()
+    with pytest.raises(ValueError, match="--infrared"):
+        predict.predict_folder(workdir, str(vis_dir), str(tmp_path / "out2"), progress=False)
