@@ -106,6 +106,7 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
     if cfg.method == "bdlf" and cfg.bdlf.mode == "bilevel":
         extra = _bilevel_steps(cfg, trainer, holder.pop("state"), batch, steps)
         holder["state"] = trainer.init_state()
+        train_s = extra["bilevel_mean_step_s"]  # the program compiled above is one variant
     result = {
         "config": {"model": dict(cfg.model), "image_size": cfg.image_size,
                    "batch_size": cfg.batch_size},
@@ -175,7 +176,7 @@ def _step_at(trainer, state, batch, step: int, steps: int) -> float:
     holder = {"state": state.replace(step=jnp.asarray(step, jnp.int32))}
 
     def call(b):
-        new, metrics = trainer.train_step(holder["state"], b)
+        new, metrics = trainer.train_step(holder["state"], b, step=step)
         holder["state"] = new.replace(step=jnp.asarray(step, jnp.int32))
         return metrics
 

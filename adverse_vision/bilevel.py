@@ -30,7 +30,8 @@ backward pass of ``F``.
 
 :func:`aggregate` combines the hypergradients of several lower-level branches
 (BDLF: critic, detection, segmentation) with one of the weighting rules of
-:data:`AGGREGATIONS`. :func:`quadratic_report` measures how close ``G`` comes to
+:data:`AGGREGATIONS`; :func:`aggregate_through` does the same for hypergradients
+taken at an intermediate value and pulled back to the parameters by a VJP. :func:`quadratic_report` measures how close ``G`` comes to
 the exact implicit-function hypergradient on a quadratic problem, as a function of
 the distance of ``omega`` from the lower-level optimum
 (``python -m adverse_vision.bilevel`` prints it).
@@ -51,6 +52,7 @@ __all__ = [
     "AGGREGATIONS",
     "DEFAULT_EPS",
     "aggregate",
+    "aggregate_through",
     "aggregation_weights",
     "best_response",
     "explicit_hypergradient",
@@ -195,6 +197,27 @@ def aggregate(grads: Sequence[PyTree], rule: str, *, key: jax.Array | None = Non
     total = jax.tree.map(lambda *leaves: sum(w[i] * _wide(leaf) for i, leaf in enumerate(leaves))
                          .astype(leaves[0].dtype), *grads)
     return total, w
+
+
+def aggregate_through(pullback: Callable[[PyTree], PyTree], cotangents: Sequence[PyTree],
+                      rule: str, *, key: Optional[jax.Array] = None,
+                      weights: Optional[Sequence[float]] = None,
+                      eps: float = 1e-12) -> tuple[PyTree, jax.Array]:
+    """:func:`aggregate` of ``[pullback(c) for c in cotangents]``, with as few pullbacks
+    as the rule allows.
+
+    For hypergradients taken at an intermediate value (e.g. the fused images of the
+    upper-level network, whose parameters get their gradient through ``pullback``, a
+    VJP). ``pullback`` is linear, so for the ``random`` and ``fixed`` rules, whose
+    weights do not depend on the gradients, the weighted sum of the cotangents is
+    pulled back once; ``gradnorm`` needs each branch's norm and pulls each back.
+    """
+    if rule == "gradnorm":
+        return aggregate([pullback(c) for c in cotangents], rule, eps=eps)
+    w = aggregation_weights(cotangents, rule, key=key, weights=weights, eps=eps)
+    combined = jax.tree.map(lambda *leaves: sum(w[i] * _wide(leaf) for i, leaf in enumerate(leaves))
+                            .astype(leaves[0].dtype), *cotangents)
+    return pullback(combined), w
 
 
 # ----------------------------------------------------------------------------

@@ -97,13 +97,13 @@ class Trainer:
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
     # ----------------------------------------------------------------- steps
-    def _step(self, state: TrainState, batch: dict[str, jax.Array]):
+    def _step(self, state: TrainState, batch: dict[str, jax.Array], variant: Any = None):
         rng = jax.random.fold_in(self.base_rng, state.step)
 
         grads_fn = getattr(self.method, "grads_fn", None)
         if grads_fn is not None:  # methods whose gradients are not one loss's (bi-level)
             loss, grads, model_state, metrics = grads_fn(
-                state.params, state.model_state, batch, rng, state.step)
+                state.params, state.model_state, batch, rng, state.step, variant=variant)
         else:
             def loss_fn(params):
                 return self.method.loss_fn(params, state.model_state, batch, rng, state.step)
@@ -122,11 +122,19 @@ class Trainer:
         return new_state, metrics
 
     @property
-    def train_step(self) -> Callable:
+    def train_step(self) -> "_TrainStep":
+        """``train_step(state, batch, step=None) -> (state, metrics)``, jitted.
+
+        Methods with a ``step_variant(step)`` (BDLF: whether an iteration takes the
+        upper-level step) get one compiled program per variant, chosen on the host from
+        ``step`` (read from the state when not given), instead of a ``lax.cond`` inside
+        one program (XLA:CPU runs the branches of a conditional many times slower)."""
         if self._train_step is None:
-            self._train_step = jax.jit(
+            jitted = jax.jit(
                 self._step, in_shardings=(self.replicated, self.batch_sharding),
-                out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+                out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
+                static_argnums=(2,))
+            self._train_step = _TrainStep(jitted, getattr(self.method, "step_variant", None))
         return self._train_step
 
     @property
@@ -155,6 +163,28 @@ class Trainer:
                 wanted = {k: v for k, v in batch.items() if k in self.method.eval_keys}
                 evaluator.add(outputs, parallel.to_host(wanted))
         return evaluator.compute(), evaluator
+
+
+class _TrainStep:
+    """The jitted train step, with the method's step variant picked on the host."""
+
+    def __init__(self, jitted: Callable, step_variant: Optional[Callable[[int], Any]]):
+        self.jitted = jitted
+        self.step_variant = step_variant
+
+    def _variant(self, state: TrainState, step: Optional[int]) -> Any:
+        if self.step_variant is None:
+            return None
+        if step is None:
+            step = int(jax.device_get(state.step))
+        return self.step_variant(int(step))
+
+    def __call__(self, state: TrainState, batch: dict[str, jax.Array],
+                 step: Optional[int] = None):
+        return self.jitted(state, batch, self._variant(state, step))
+
+    def lower(self, state: TrainState, batch: dict[str, jax.Array], step: Optional[int] = None):
+        return self.jitted.lower(state, batch, self._variant(state, step))
 
 
 def _check_finite(step: int, metrics: dict[str, Any], ckpt: ckpt_lib.Checkpointer) -> None:
@@ -240,7 +270,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 local = next(train_iter)
                 invalid_samples += int(np.sum(~np.asarray(local["valid"])))
                 batch = parallel.global_batch(local, trainer.mesh)
-                state, metrics = trainer.train_step(state, batch)
+                state, metrics = trainer.train_step(state, batch, step=step)
                 step += 1
                 if pending is not None:  # one step behind, so the device stays busy
                     _check_finite(*pending, ckpt)

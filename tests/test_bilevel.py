@@ -188,3 +188,21 @@ def test_aggregate_errors():
         bilevel.aggregate([g1, g2], "fixed", weights=(1.0,))
     with pytest.raises(ValueError, match="no branch"):
         bilevel.aggregate([], "gradnorm")
+
+
+def test_aggregate_through_a_pullback_equals_aggregating_pulled_gradients():
+    rng = np.random.default_rng(9)
+    m = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
+
+    def pullback(c):  # a linear map, like a VJP
+        return {"p": c["u"] @ m, "q": 2.0 * c["v"]}
+
+    cots = [{"u": jnp.asarray(rng.standard_normal(5), jnp.float32),
+             "v": jnp.asarray(rng.standard_normal(2), jnp.float32)} for _ in range(3)]
+    pulled = [pullback(c) for c in cots]
+    for rule, kw in (("fixed", {"weights": (0.2, 0.5, 0.3)}), ("random", {"key": jax.random.key(0)}),
+                     ("gradnorm", {})):
+        total, w = bilevel.aggregate_through(pullback, cots, rule, **kw)
+        ref, w_ref = bilevel.aggregate(pulled, rule, **kw)
+        _close(total, ref)
+        np.testing.assert_allclose(np.asarray(w), np.asarray(w_ref), rtol=1e-6)

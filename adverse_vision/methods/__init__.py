@@ -6,8 +6,10 @@ reads), ``init_variables(rng)``,
 ``predict(variables, batch) -> outputs`` and ``make_evaluator()``; the generic
 :mod:`adverse_vision.trainer` does the rest. Optional hooks: ``make_optimizer() ->
 (tx, schedule)`` (otherwise :func:`adverse_vision.optim.make_optimizer`),
-``grads_fn(params, model_state, batch, rng, step) -> (loss, grads, model_state,
-metrics)`` in place of ``jax.value_and_grad(loss_fn)`` (bi-level methods), and
+``grads_fn(params, model_state, batch, rng, step, variant) -> (loss, grads,
+model_state, metrics)`` in place of ``jax.value_and_grad(loss_fn)`` (bi-level
+methods), ``step_variant(step) -> hashable`` (one compiled train step per value,
+chosen on the host; passed to ``grads_fn`` as ``variant``), and
 ``prepare_state(state, trainer)`` for runs that start from earlier runs.
 """
 

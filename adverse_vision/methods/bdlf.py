@@ -22,12 +22,17 @@ Each iteration (one jitted step) every lower-level network takes a step on its o
 loss at the current theta (its gradient stops at the fused image). Every
 ``bdlf.upper_every`` iterations the fusion network takes a step on the aggregated
 first-order hypergradient: per branch ``G_k = grad_theta F_k - (<grad_omega F_k,
-grad_omega f_k> / |grad_omega f_k|^2) grad_theta f_k``, computed by
-:func:`adverse_vision.bilevel.value_and_hypergradient` with ``F_k`` on the upper
+grad_omega f_k> / |grad_omega f_k|^2) grad_theta f_k``, with ``F_k`` on the upper
 batch (drawn from the held-out part of the training split, ``batch["upper/..."]``)
-and ``f_k`` on the lower batch, then combined by ``bdlf.aggregation``
-(:func:`adverse_vision.bilevel.aggregate`). The hypergradient is computed under a
-``lax.cond``, only on those iterations.
+and ``f_k`` on the lower batch, combined by ``bdlf.aggregation``. The fusion network
+runs once on each batch: :func:`adverse_vision.bilevel.value_and_hypergradient` takes
+the hypergradient at the fused images ``(u_up, u_low)`` and one VJP through the
+fusion network carries it to theta (the chain rule makes this the same ``G_k``;
+:func:`adverse_vision.bilevel.aggregate_through` pulls back the weighted sum once, or
+each branch for the gradient-norm rule). The trainer compiles two programs, the
+iteration with the hypergradient and the one without, and picks one on the host
+(:meth:`BDLFMethod.step_variant`), so the hypergradient costs nothing on the other
+iterations.
 
 Differences from the official code, on purpose: each branch keeps its own
 hypergradient until the weighted sum (the official code's aliasing collapses the
@@ -53,7 +58,7 @@ mAP@0.5 of the detector and mIoU of the segmenter on the fused colour images. In
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -274,10 +279,9 @@ class BDLFMethod:
         loss = seg_loss(logits, batch["mask"], batch["valid"])
         return loss, (stats, {"seg": loss})
 
-    def _upper_loss(self, branch, theta, omega, params, stats, batch, rng, step):
-        """F_k(theta, omega_k) on the upper batch (BatchNorm in training mode, its
+    def _upper_loss(self, branch, fused, omega, params, stats, batch, rng, step):
+        """F_k on the upper batch's fused image (BatchNorm in training mode, its
         statistics discarded)."""
-        fused = self._fuse(theta, batch)
         adv = 0.0
         if "critic" in self.branches:
             critic_params = omega if branch == "critic" else jax.lax.stop_gradient(params["critic"])
@@ -289,14 +293,22 @@ class BDLFMethod:
         task, _ = self._branch_loss(branch, omega, stats.get(GROUPS[branch], {}), fused, batch, rng, step)
         return task + self.cfg.bdlf.task_adv_weight * adv
 
-    def _lower_loss(self, branch, theta, omega, stats, batch, rng, step):
-        fused = self._fuse(theta, batch)
+    def _lower_loss(self, branch, fused, omega, stats, batch, rng, step):
+        """f_k on the lower batch's fused image."""
         loss, _ = self._branch_loss(branch, omega, stats.get(GROUPS[branch], {}), fused, batch, rng, step)
         return loss
 
     # ------------------------------------------------------------------ training
-    def grads_fn(self, params, model_state, batch, rng, step):
-        """``(loss, grads, model_state, metrics)`` of one iteration (see the module docstring)."""
+    def step_variant(self, step: int) -> bool:
+        """Whether iteration ``step`` takes the fusion network's step (the trainer
+        compiles one program per value)."""
+        return self.mode == "bilevel" and step % self.upper_every == 0
+
+    def grads_fn(self, params, model_state, batch, rng, step, variant: Optional[bool] = None):
+        """``(loss, grads, model_state, metrics)`` of one iteration (see the module
+        docstring). ``variant``: :meth:`step_variant` of the iteration, known on the
+        host; None decides from the traced ``step`` with a ``lax.cond`` (correct, but
+        XLA:CPU runs a conditional's branches many times slower)."""
         lower = {k: v for k, v in batch.items() if not k.startswith(UPPER_PREFIX)}
         upper = {k[len(UPPER_PREFIX):]: v for k, v in batch.items() if k.startswith(UPPER_PREFIX)}
         stats = model_state.get("batch_stats", {})
@@ -335,35 +347,41 @@ class BDLFMethod:
             g_theta, g_omegas = None, grads
         out = dict(g_omegas)
         if self.mode == "bilevel":
-            g_theta, hyper_metrics = self._hyper_step(params, stats, lower, upper, rngs, step)
+            g_theta, hyper_metrics = self._hyper_step(params, stats, lower, upper, rngs, step, variant)
             metrics.update(hyper_metrics)
         if self.fuses:
             out["fusion"] = g_theta
         model_state = dict(model_state, batch_stats=new_stats)
         return loss, out, model_state, metrics
 
-    def _hyper_step(self, params, stats, lower, upper, rngs, step):
+    def _hyper_step(self, params, stats, lower, upper, rngs, step, variant):
         """The aggregated hypergradient on iterations ``step % upper_every == 0``, else zeros."""
         theta = params["fusion"]
         b = self.cfg.bdlf
         eps = float(b.hyper_eps)
 
         def compute(_):
-            grads, values = [], []
+            # The node sits at the fused images: theta's hypergradient is the chain rule
+            # through the fusion network (one VJP) of the hypergradient at (u_up, u_low),
+            # identical to taking it at theta, with the fusion network run once per batch.
+            fused, pullback = jax.vjp(lambda t: (self._fuse(t, upper), self._fuse(t, lower)), theta)
+            cotangents, values = [], []
             for branch in self.branches:
                 group = GROUPS[branch]
 
-                def upper_loss(t, w, branch=branch):
-                    return self._upper_loss(branch, t, w, params, stats, upper, rngs["upper"], step)
+                def upper_loss(u, w, branch=branch):
+                    return self._upper_loss(branch, u[0], w, params, stats, upper, rngs["upper"], step)
 
-                def lower_loss(t, w, branch=branch):
-                    return self._lower_loss(branch, t, w, stats, lower, rngs[branch], step)
+                def lower_loss(u, w, branch=branch):
+                    return self._lower_loss(branch, u[1], w, stats, lower, rngs[branch], step)
 
-                value, g = bilevel.value_and_hypergradient(upper_loss, lower_loss, theta, params[group], eps)
-                grads.append(g)
+                value, g = bilevel.value_and_hypergradient(upper_loss, lower_loss, fused,
+                                                           params[group], eps)
+                cotangents.append(g)
                 values.append(value)
-            total, w = bilevel.aggregate(grads, b.aggregation, key=rngs["aggregate"],
-                                         weights=tuple(b.aggregation_weights) or None)
+            total, w = bilevel.aggregate_through(
+                lambda c: pullback(c)[0], cotangents, b.aggregation, key=rngs["aggregate"],
+                weights=tuple(b.aggregation_weights) or None)
             return total, (w, jnp.stack(values), bilevel.tree_norm(total))
 
         def skip(_):
@@ -371,7 +389,10 @@ class BDLFMethod:
             return (jax.tree.map(jnp.zeros_like, theta),
                     (jnp.zeros((k,), jnp.float32), jnp.zeros((k,), jnp.float32), jnp.zeros((), jnp.float32)))
 
-        total, (w, values, norm) = jax.lax.cond(step % self.upper_every == 0, compute, skip, None)
+        if variant is None:
+            total, (w, values, norm) = jax.lax.cond(step % self.upper_every == 0, compute, skip, None)
+        else:
+            total, (w, values, norm) = (compute if variant else skip)(None)
         metrics = {"hyper_norm": norm}
         for i, branch in enumerate(self.branches):
             metrics[f"weight_{branch}"] = w[i]

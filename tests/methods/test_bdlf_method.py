@@ -75,8 +75,9 @@ def test_hypergradient_of_the_step_is_the_formula():
     variables = method.init_variables(jax.random.key(0))
     params, stats = variables["params"], variables["batch_stats"]
     batch = _paired_batch(cfg, parallel.make_mesh())
-    _, grads, _, metrics = jax.jit(method.grads_fn)(
-        params, {"batch_stats": stats}, batch, jax.random.key(1), jnp.asarray(0))
+    step = jax.jit(method.grads_fn, static_argnames=("variant",))
+    _, grads, _, metrics = step(params, {"batch_stats": stats}, batch, jax.random.key(1),
+                                jnp.asarray(0), variant=True)
 
     def parts(prefix):
         vis = batch[prefix + "image"].astype(jnp.float32) / 255
@@ -110,10 +111,16 @@ def test_hypergradient_of_the_step_is_the_formula():
     gap = bilevel.tree_norm(jax.tree.map(jnp.subtract, direct, ref))
     assert float(gap) > 1e-2 * float(bilevel.tree_norm(ref))  # the correction matters
     assert float(metrics["weight_critic"]) == 1.0
-    # Off the hyper-step the fusion network gets no gradient at all.
-    _, grads, _, _ = jax.jit(method.grads_fn)(params, {"batch_stats": stats}, batch,
-                                              jax.random.key(1), jnp.asarray(1))
+    # Off the hyper-step the fusion network gets no gradient at all; the traced-step
+    # form (lax.cond) agrees with the host-chosen programs.
+    _, grads, _, _ = step(params, {"batch_stats": stats}, batch, jax.random.key(1),
+                          jnp.asarray(1), variant=False)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(grads["fusion"])) == 0.0
+    assert method.step_variant(0) and not method.step_variant(1) and method.step_variant(2)
+    _, traced, _, _ = jax.jit(method.grads_fn)(params, {"batch_stats": stats}, batch,
+                                                jax.random.key(1), jnp.asarray(0))
+    err = bilevel.tree_norm(jax.tree.map(jnp.subtract, traced["fusion"], ref))
+    assert float(err) < 1e-3 * float(bilevel.tree_norm(ref))
 
 
 def test_fusion_loss_mode_gradient():
