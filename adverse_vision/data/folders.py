@@ -41,6 +41,7 @@ from adverse_vision.data.problems import (
     DataError,
     DataPolicy,
     DataProblems,
+    PolicyReporting,
     decode_image,
 )
 from adverse_vision.data.voc import VOC_CLASSES
@@ -327,7 +328,7 @@ def _header(path: str) -> tuple[tuple[int, int], str] | None:
         return None
 
 
-class VOCSegmentationSource(_FileSource):
+class VOCSegmentationSource(PolicyReporting, _FileSource):
     """Pascal VOC 2012 semantic segmentation (layout in the module docstring).
 
     Args:
@@ -382,18 +383,6 @@ class VOCSegmentationSource(_FileSource):
         logger.info("VOC segmentation %s (%s): %d images; %s", self.root, self.image_set,
                     len(self.ids), self.problems.summary_text())
 
-    def _missing(self, path: str, reason: str) -> None:
-        if self.policy.on_missing_image == "error":
-            raise self.problems.error("missing_image", path, reason,
-                                      "data policy on_missing_image='error'")
-        self.problems.add("missing_image", path, reason, "sample skipped")
-
-    def _bad_mask(self, path: str, reason: str) -> None:
-        if self.policy.on_bad_annotation == "error":
-            raise self.problems.error("bad_annotation", path, reason,
-                                      "data policy on_bad_annotation='error'")
-        self.problems.add("bad_annotation", path, reason, "sample skipped")
-
     def _add(self, stem: str, image_dir: str, mask_dir: str) -> None:
         image_path = None
         for ext in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
@@ -415,15 +404,15 @@ class VOCSegmentationSource(_FileSource):
             return
         mask_header = _header(mask_path)
         if mask_header is None:
-            self._bad_mask(mask_path, "cannot read the mask header")
+            self._bad_sample(mask_path, "cannot read the mask header")
             return
         (iw, ih), _ = image_header
         (mw, mh), mode = mask_header
         if mode not in ("P", "L"):
-            self._bad_mask(mask_path, f"mask mode {mode!r} is not a palette (P) or grayscale (L) PNG")
+            self._bad_sample(mask_path, f"mask mode {mode!r} is not a palette (P) or grayscale (L) PNG")
             return
         if (mw, mh) != (iw, ih):
-            self._bad_mask(mask_path, f"mask is {mw}x{mh} but its image {image_path} is {iw}x{ih}")
+            self._bad_sample(mask_path, f"mask is {mw}x{mh} but its image {image_path} is {iw}x{ih}")
             return
         self.ids.append(stem)
         self.image_paths.append(image_path)

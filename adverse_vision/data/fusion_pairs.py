@@ -71,6 +71,7 @@ from adverse_vision.data.problems import (
     DataError,
     DataPolicy,
     DataProblems,
+    PolicyReporting,
     decode_image,
     invalid_record,
 )
@@ -167,23 +168,8 @@ def _split_list(root: str, split: str, default_dir: str | None) -> tuple[str, li
     return path, ids
 
 
-class _Reporting:
+class _Reporting(PolicyReporting):
     """Policy-driven reporting shared by the sources below."""
-
-    policy: DataPolicy
-    problems: DataProblems
-
-    def _missing(self, path: str, reason: str) -> None:
-        if self.policy.on_missing_image == "error":
-            raise self.problems.error("missing_image", path, reason,
-                                      "data policy on_missing_image='error'")
-        self.problems.add("missing_image", path, reason, "sample skipped")
-
-    def _bad_pair(self, path: str, reason: str) -> None:
-        if self.policy.on_bad_annotation == "error":
-            raise self.problems.error("bad_annotation", path, reason,
-                                      "data policy on_bad_annotation='error'")
-        self.problems.add("bad_annotation", path, reason, "sample skipped")
 
     def _header_size(self, path: str, what: str) -> tuple[int, int] | None:
         """(width, height) of an image file, or None (reported, sample skipped)."""
@@ -204,12 +190,22 @@ class _Reporting:
             if size is None:
                 return False
             if size != vis_size:
-                self._bad_pair(
+                self._bad_sample(
                     path, f"{what} is {size[0]}x{size[1]} but the visible image {vis_path} is "
                     f"{vis_size[0]}x{vis_size[1]}",
                 )
                 return False
         return True
+
+    def _thermal(self, i: int, image: np.ndarray) -> np.ndarray | None:
+        """Sample ``i``'s infrared image (``self.ir_paths``), or None when it cannot be
+        read or differs in size from ``image`` (reported)."""
+        ir_path = self.ir_paths[i]
+        thermal = read_thermal(ir_path, self.problems)
+        if thermal is not None and thermal.shape[:2] != image.shape[:2]:
+            self._size_mismatch(ir_path, "infrared image", thermal, image)
+            return None
+        return thermal
 
     def _size_mismatch(self, path: str, what: str, got: np.ndarray, image: np.ndarray) -> None:
         self.problems.add(
@@ -338,12 +334,8 @@ class M3FDSource(_Reporting, VOCSource):
         if not record["valid"]:
             return self._invalid(i)
         image = record["image"]
-        ir_path = self.ir_paths[i]
-        thermal = read_thermal(ir_path, self.problems)
+        thermal = self._thermal(i, image)
         if thermal is None:
-            return self._invalid(i)
-        if thermal.shape[:2] != image.shape[:2]:
-            self._size_mismatch(ir_path, "infrared image", thermal, image)
             return self._invalid(i)
         record["thermal"] = thermal
         mask_path = self.saliency_paths[i]
@@ -453,15 +445,15 @@ class MFNetSource(_Reporting):
             return
         label_header = _header(label_path)
         if label_header is None:
-            self._bad_pair(label_path, "cannot read the label header")
+            self._bad_sample(label_path, "cannot read the label header")
             return
         (lw, lh), label_mode = label_header
         if label_mode not in ("L", "P"):
-            self._bad_pair(label_path,
+            self._bad_sample(label_path,
                            f"label mode {label_mode!r} is not a single-channel (L or P) PNG")
             return
         if (lw, lh) != (iw, ih):
-            self._bad_pair(label_path,
+            self._bad_sample(label_path,
                            f"label is {lw}x{lh} but its image {image_path} is {iw}x{ih}")
             return
         self.ids.append(stem)
@@ -608,12 +600,8 @@ class FusionFolderSource(_Reporting):
         image = decode_image(self.image_paths[i], self.problems)
         if image is None:
             return self._invalid(i)
-        ir_path = self.ir_paths[i]
-        thermal = read_thermal(ir_path, self.problems)
+        thermal = self._thermal(i, image)
         if thermal is None:
-            return self._invalid(i)
-        if thermal.shape[:2] != image.shape[:2]:
-            self._size_mismatch(ir_path, "infrared image", thermal, image)
             return self._invalid(i)
         return {"image": image, "thermal": thermal, "id": self.ids[i], "valid": np.bool_(True)}
 

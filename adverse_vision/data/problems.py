@@ -249,6 +249,28 @@ class DataProblems:
 # -- boxes -----------------------------------------------------------------------
 
 
+class PolicyReporting:
+    """Skip-or-raise reporting for a source that holds ``policy`` and ``problems``: a
+    missing file or a bad sample is recorded and the sample skipped, or raised when
+    the data policy says "error"."""
+
+    policy: DataPolicy
+    problems: DataProblems
+
+    def _missing(self, path: str, reason: str) -> None:
+        if self.policy.on_missing_image == "error":
+            raise self.problems.error("missing_image", path, reason,
+                                      "data policy on_missing_image='error'")
+        self.problems.add("missing_image", path, reason, "sample skipped")
+
+    def _bad_sample(self, path: str, reason: str) -> None:
+        """A ``bad_annotation`` problem (a mask, label or paired image that does not fit)."""
+        if self.policy.on_bad_annotation == "error":
+            raise self.problems.error("bad_annotation", path, reason,
+                                      "data policy on_bad_annotation='error'")
+        self.problems.add("bad_annotation", path, reason, "sample skipped")
+
+
 def sanitize_boxes(
     boxes: Any,
     classes: Any,
