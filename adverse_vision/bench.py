@@ -104,9 +104,12 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
     train_s = _time(step, (batch,), steps)
     extra = {}
     if cfg.method == "bdlf" and cfg.bdlf.mode == "bilevel":
-        extra = _bilevel_steps(cfg, trainer, holder.pop("state"), batch, steps)
+        extra = _bilevel_steps(cfg, trainer, holder.pop("state"), batch, steps, train_flops)
         holder["state"] = trainer.init_state()
-        train_s = extra["bilevel_mean_step_s"]  # the program compiled above is one variant
+        # The program compiled above is one of the two variants: time and FLOPs are
+        # both taken as their average over one fusion period.
+        train_s = extra["bilevel_mean_step_s"]
+        train_flops = extra["bilevel_mean_flops_per_step"]
     result = {
         "config": {"model": dict(cfg.model), "image_size": cfg.image_size,
                    "batch_size": cfg.batch_size},
@@ -183,19 +186,27 @@ def _step_at(trainer, state, batch, step: int, steps: int) -> float:
     return _time(call, (batch,), steps)
 
 
-def _bilevel_steps(cfg, trainer, state, batch, steps: int) -> dict[str, Any]:
+def _bilevel_steps(cfg, trainer, state, batch, steps: int, hyper_flops: float
+                   ) -> dict[str, Any]:
     """BDLF: the iteration with the hypergradient, the one without, their average over
     ``upper_every`` iterations, and a plain step of the same networks with the fusion
-    network on the fusion loss alone (mode "fusion_loss"), all at the same batch size."""
+    network on the fusion loss alone (mode "fusion_loss"), all at the same batch size.
+    ``hyper_flops``: XLA's count for the iteration at step 0 (the hypergradient one)."""
     k = int(cfg.bdlf.upper_every)
     hyper = _step_at(trainer, state, batch, 0, steps)
-    lower = _step_at(trainer, trainer.init_state(), batch, 1, steps) if k > 1 else hyper
+    lower, lower_flops = hyper, hyper_flops
+    if k > 1:
+        lower = _step_at(trainer, trainer.init_state(), batch, 1, steps)
+        lower_flops = _flops(trainer.train_step.lower(state, batch, step=1).compile())
     plain_cfg = cfg.copy_and_resolve_references()
     plain_cfg.bdlf.mode = "fusion_loss"
     plain_trainer, plain_state, plain_batch = _setup(plain_cfg)
     plain = _step_at(plain_trainer, plain_state, plain_batch, 0, steps)
     mean = (hyper + (k - 1) * lower) / k
     return {"bilevel_hyper_step_s": hyper, "bilevel_lower_step_s": lower,
+            "bilevel_hyper_flops_per_step": hyper_flops,
+            "bilevel_lower_flops_per_step": lower_flops,
+            "bilevel_mean_flops_per_step": (hyper_flops + (k - 1) * lower_flops) / k,
             "bilevel_mean_step_s": mean, "plain_fusion_step_s": plain,
             "hyper_over_plain": hyper / plain, "mean_over_plain": mean / plain}
 

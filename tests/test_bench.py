@@ -42,5 +42,10 @@ def test_bench_bdlf_reports_fusion_rate_and_hypergradient_overhead():
     assert r["fusion_megapixels_per_s"] > 0
     assert r["bilevel_hyper_step_s"] > 0 and r["bilevel_lower_step_s"] > 0
     assert r["plain_fusion_step_s"] > 0 and r["hyper_over_plain"] > 0
+    # FLOPs are those of the two variants averaged like the time, and the hypergradient
+    # iteration does more work than the one without it.
+    hyper, lower = r["bilevel_hyper_flops_per_step"], r["bilevel_lower_flops_per_step"]
+    assert hyper > lower > 0
+    assert r["train_flops_per_step"] == r["bilevel_mean_flops_per_step"] == (hyper + lower) / 2
     text = bench.format_result(r)
     assert "fusion network alone" in text and "hypergradient overhead" in text

@@ -17,6 +17,7 @@ import numpy as np
 
 from adverse_vision.data.problems import (
     DataProblems,
+    PolicyReporting,
     decode_image,
     fit_boxes_to_image,
     invalid_record,
@@ -24,7 +25,7 @@ from adverse_vision.data.problems import (
 )
 
 
-class AnnotatedSource:
+class AnnotatedSource(PolicyReporting):
     """Base of the file-backed sources with pre-parsed per-image annotations.
 
     Subclasses call ``super().__init__()`` before parsing, add each usable image

@@ -105,7 +105,7 @@ class COCOSource(AnnotatedSource):
         categories = {}
         for k, cat in enumerate(data["categories"]):
             if not (isinstance(cat, dict) and isinstance(cat.get("id"), int) and "name" in cat):
-                self._bad(jpath, f"categories[{k}] lacks an integer 'id' or a 'name': {cat!r:.80}", "category ignored")
+                self._bad_sample(jpath, f"categories[{k}] lacks an integer 'id' or a 'name': {cat!r:.80}", "category ignored")
                 continue
             categories[cat["id"]] = str(cat["name"])
         if not categories:
@@ -130,10 +130,10 @@ class COCOSource(AnnotatedSource):
         for k, img in enumerate(data["images"]):
             if not (isinstance(img, dict) and isinstance(img.get("id"), int)
                     and isinstance(img.get("file_name"), str) and img["file_name"]):
-                self._bad(jpath, f"images[{k}] lacks an integer 'id' or a 'file_name': {img!r:.80}", "image skipped")
+                self._bad_sample(jpath, f"images[{k}] lacks an integer 'id' or a 'file_name': {img!r:.80}", "image skipped")
                 continue
             if img["id"] in images:
-                self._bad(jpath, f"images[{k}] repeats image id {img['id']}", "duplicate skipped")
+                self._bad_sample(jpath, f"images[{k}] repeats image id {img['id']}", "duplicate skipped")
                 continue
             images[img["id"]] = img
             order.append(img["id"])
@@ -145,7 +145,7 @@ class COCOSource(AnnotatedSource):
         for k, ann in enumerate(annotations):
             if not isinstance(ann, dict) or ann.get("image_id") not in images:
                 image_id = ann.get("image_id") if isinstance(ann, dict) else None
-                self._bad(jpath, f"annotations[{k}] refers to unknown image_id {image_id!r}", "annotation dropped")
+                self._bad_sample(jpath, f"annotations[{k}] refers to unknown image_id {image_id!r}", "annotation dropped")
                 continue
             iid = ann["image_id"]
             where = f"{jpath} (image {images[iid]['file_name']})"
@@ -156,7 +156,7 @@ class COCOSource(AnnotatedSource):
                 continue
             bbox = ann.get("bbox")
             if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-                self._bad(where, f"annotations[{k}] has a bad 'bbox' {bbox!r:.60}", "annotation dropped")
+                self._bad_sample(where, f"annotations[{k}] has a bad 'bbox' {bbox!r:.60}", "annotation dropped")
                 n_rejected[iid] += 1
                 per_image[iid].append(None)
                 continue
@@ -169,13 +169,9 @@ class COCOSource(AnnotatedSource):
                 continue
             if status == "unknown":
                 name = categories.get(cid, f"<undefined category id {cid!r}>")
-                reason = f"annotations[{k}] class {name!r} is not in class_names {list(self.class_names)}"
-                if self.policy.on_unknown_class == "error":
-                    raise self.problems.error(
-                        "unknown_class", where, reason,
-                        "data policy on_unknown_class='error'; map it with class_map or use 'skip'",
-                    )
-                self.problems.add("unknown_class", where, reason, "annotation dropped")
+                self._unknown_class(
+                    where, f"annotations[{k}] class {name!r} is not in class_names {list(self.class_names)}",
+                    "annotation dropped")
                 n_rejected[iid] += 1
                 per_image[iid].append(None)
                 continue
@@ -191,12 +187,7 @@ class COCOSource(AnnotatedSource):
             where = f"{jpath} (image {file_name})"
             path = os.path.join(self.image_dir, file_name)
             if not os.path.isfile(path):
-                if self.policy.on_missing_image == "error":
-                    raise self.problems.error(
-                        "missing_image", path, f"image file not found (listed in {jpath})",
-                        "data policy on_missing_image='error'",
-                    )
-                self.problems.add("missing_image", path, f"image listed in {jpath} not found", "image skipped")
+                self._missing(path, f"image file not found (listed in {jpath})", "image skipped")
                 continue
             width, height = img.get("width"), img.get("height")
             if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
@@ -236,11 +227,6 @@ class COCOSource(AnnotatedSource):
         )
         if not self.ids:
             raise DataError(f"{jpath}: no usable images in {self.image_dir} ({self.problems.summary_text()})")
-
-    def _bad(self, where: str, reason: str, action: str) -> None:
-        if self.policy.on_bad_annotation == "error":
-            raise self.problems.error("bad_annotation", where, reason, "data policy on_bad_annotation='error'")
-        self.problems.add("bad_annotation", where, reason, action)
 
     # -- access --------------------------------------------------------------------
     def _annotation_file(self, index: int) -> str:

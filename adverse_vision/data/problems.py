@@ -251,24 +251,32 @@ class DataProblems:
 
 class PolicyReporting:
     """Skip-or-raise reporting for a source that holds ``policy`` and ``problems``: a
-    missing file or a bad sample is recorded and the sample skipped, or raised when
-    the data policy says "error"."""
+    missing file, a bad annotation or an unknown class is recorded with what was done
+    about it (``action``), or raised when the data policy says "error"."""
 
     policy: DataPolicy
     problems: DataProblems
 
-    def _missing(self, path: str, reason: str) -> None:
+    def _missing(self, path: str, reason: str, action: str = "sample skipped") -> None:
         if self.policy.on_missing_image == "error":
             raise self.problems.error("missing_image", path, reason,
                                       "data policy on_missing_image='error'")
-        self.problems.add("missing_image", path, reason, "sample skipped")
+        self.problems.add("missing_image", path, reason, action)
 
-    def _bad_sample(self, path: str, reason: str) -> None:
-        """A ``bad_annotation`` problem (a mask, label or paired image that does not fit)."""
+    def _bad_sample(self, path: str, reason: str, action: str = "sample skipped") -> None:
+        """A ``bad_annotation`` problem (an annotation, mask, label or paired image that
+        cannot be read or does not fit)."""
         if self.policy.on_bad_annotation == "error":
             raise self.problems.error("bad_annotation", path, reason,
                                       "data policy on_bad_annotation='error'")
-        self.problems.add("bad_annotation", path, reason, "sample skipped")
+        self.problems.add("bad_annotation", path, reason, action)
+
+    def _unknown_class(self, path: str, reason: str, action: str) -> None:
+        if self.policy.on_unknown_class == "error":
+            raise self.problems.error(
+                "unknown_class", path, reason,
+                "data policy on_unknown_class='error'; map it with class_map or use 'skip'")
+        self.problems.add("unknown_class", path, reason, action)
 
 
 def sanitize_boxes(

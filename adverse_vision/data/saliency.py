@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from adverse_vision.ops.color import LUMA_WEIGHTS
+
 __all__ = ["LUMA_WEIGHTS", "fusion_target", "fusion_weight", "luma", "saliency_map"]
 
-# ITU-R BT.601 luma: Y = 0.299 R + 0.587 G + 0.114 B.
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 _NORMALIZE = ("minmax", "max")
 _LEVELS = np.arange(256, dtype=np.float64)

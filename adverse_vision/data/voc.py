@@ -210,35 +210,23 @@ class VOCSource(AnnotatedSource):
             out.append((set_root, stems, prefix))
         return out
 
-    def _bad_annotation(self, path: str, reason: str, action: str) -> None:
-        if self.policy.on_bad_annotation == "error":
-            raise self.problems.error(
-                "bad_annotation", path, reason, "data policy on_bad_annotation='error'"
-            )
-        self.problems.add("bad_annotation", path, reason, action)
-
     def _add_sample(self, set_root: str, stem: str, prefix: str) -> None:
         xml_path = os.path.join(set_root, self.annotation_dir, stem + ".xml")
         try:
             tree = ET.parse(xml_path)
         except FileNotFoundError:
-            self._bad_annotation(xml_path, "annotation file not found", "image skipped")
+            self._bad_sample(xml_path, "annotation file not found", "image skipped")
             return
         except (ET.ParseError, OSError, UnicodeDecodeError) as e:
-            self._bad_annotation(xml_path, f"cannot parse XML ({e})", "image skipped")
+            self._bad_sample(xml_path, f"cannot parse XML ({e})", "image skipped")
             return
         ann = tree.getroot()
 
         image_dir = os.path.join(set_root, self.image_dir)
         image_path = find_image(image_dir, stem, _text(ann, "filename"))
         if image_path is None:
-            expected = os.path.join(image_dir, stem + ".jpg")
-            if self.policy.on_missing_image == "error":
-                raise self.problems.error(
-                    "missing_image", expected, f"image file not found (annotation {xml_path})",
-                    "data policy on_missing_image='error'",
-                )
-            self.problems.add("missing_image", expected, f"image not found for {xml_path}", "image skipped")
+            self._missing(os.path.join(image_dir, stem + ".jpg"),
+                          f"image file not found (annotation {xml_path})", "image skipped")
             return
         degraded_path = None
         if self.degraded_dir is not None:
@@ -246,13 +234,8 @@ class VOCSource(AnnotatedSource):
                 os.path.join(set_root, self.degraded_dir), stem, os.path.basename(image_path)
             )
             if degraded_path is None:
-                expected = os.path.join(set_root, self.degraded_dir, os.path.basename(image_path))
-                if self.policy.on_missing_image == "error":
-                    raise self.problems.error(
-                        "missing_image", expected, "degraded twin not found",
-                        "data policy on_missing_image='error'",
-                    )
-                self.problems.add("missing_image", expected, "degraded twin not found", "image skipped")
+                self._missing(os.path.join(set_root, self.degraded_dir, os.path.basename(image_path)),
+                              "degraded twin not found", "image skipped")
                 return
 
         size = self._annotated_size(ann)
@@ -272,13 +255,13 @@ class VOCSource(AnnotatedSource):
             n_objects += 1
             name = _text(obj, "name")
             if name is None:
-                self._bad_annotation(xml_path, f"object {k} has no <name>", "object dropped")
+                self._bad_sample(xml_path, f"object {k} has no <name>", "object dropped")
                 continue
             coords = [_text(obj.find("bndbox"), t) for t in ("xmin", "ymin", "xmax", "ymax")]
             try:
                 x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                self._bad_annotation(
+                self._bad_sample(
                     xml_path, f"object {k} ({name}) has a missing or non-numeric <bndbox> {coords}",
                     "object dropped",
                 )
@@ -287,7 +270,7 @@ class VOCSource(AnnotatedSource):
             try:
                 is_difficult = bool(int(float(diff_text))) if diff_text is not None else False
             except ValueError:
-                self._bad_annotation(
+                self._bad_sample(
                     xml_path, f"object {k} ({name}) has a non-numeric <difficult> {diff_text!r}",
                     "object dropped",
                 )
@@ -298,13 +281,9 @@ class VOCSource(AnnotatedSource):
                 n_silent += 1
                 continue
             if status == "unknown":
-                reason = f"object class {name!r} is not in class_names {list(self.class_names)}"
-                if self.policy.on_unknown_class == "error":
-                    raise self.problems.error(
-                        "unknown_class", xml_path, reason,
-                        "data policy on_unknown_class='error'; map it with class_map or use 'skip'",
-                    )
-                self.problems.add("unknown_class", xml_path, reason, "object dropped")
+                self._unknown_class(
+                    xml_path, f"object class {name!r} is not in class_names {list(self.class_names)}",
+                    "object dropped")
                 continue
             if is_difficult and not self.keep_difficult:
                 self.problems.add("difficult_dropped", xml_path, "difficult object", "object dropped")

@@ -78,7 +78,7 @@ from adverse_vision.metrics.fusion import FUSION_METRICS, MIN_SIZE, FusionMeter
 from adverse_vision.metrics.segmentation import SegmentationMeter
 from adverse_vision.models.bdlf import FusionNet, PixelCritic
 from adverse_vision.models.dnhl import DeepLabLargeFOV, upsample_logits
-from adverse_vision.ops.color import fused_color, luminance
+from adverse_vision.ops.color import LUMA_WEIGHTS, fused_color, luminance
 
 log = logging.getLogger("adverse_vision.bdlf")
 
@@ -460,7 +460,7 @@ class BDLFEvaluator:
     def add(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
         valid = np.asarray(batch["valid"], bool)
         # Scored as 8-bit grey images, as fusion results are saved and evaluated.
-        vis_y = np.round(np.asarray(batch["image"], np.float64) @ np.asarray([0.299, 0.587, 0.114]))
+        vis_y = np.round(np.asarray(batch["image"], np.float64) @ np.asarray(LUMA_WEIGHTS))
         ir = np.asarray(batch["thermal"], np.float64)[..., 0]
         fused = np.round(np.clip(np.asarray(outputs["fused"], np.float64)[..., 0], 0.0, 1.0) * 255.0)
         for i, (y0, y1, x0, x1) in enumerate(_windows(batch)):

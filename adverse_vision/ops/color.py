@@ -27,8 +27,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MINMAX_MODES", "fused_color", "luminance", "rgb_to_ycrcb", "ycrcb_to_rgb"]
+__all__ = ["LUMA_WEIGHTS", "MINMAX_MODES", "fused_color", "luminance", "rgb_to_ycrcb",
+           "ycrcb_to_rgb"]
 
+# ITU-R BT.601 luma: Y = 0.299 R + 0.587 G + 0.114 B (also used on the host, in numpy).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 MINMAX_MODES = ("image", "batch", "none")
 _EPS = 1e-8
 
@@ -36,7 +39,8 @@ _EPS = 1e-8
 def luminance(rgb: jax.Array) -> jax.Array:
     """Y of RGB images (..., 3) -> (..., 1)."""
     rgb = jnp.asarray(rgb)
-    return (0.299 * rgb[..., 0:1] + 0.587 * rgb[..., 1:2] + 0.114 * rgb[..., 2:3])
+    wr, wg, wb = LUMA_WEIGHTS
+    return wr * rgb[..., 0:1] + wg * rgb[..., 1:2] + wb * rgb[..., 2:3]
 
 
 def rgb_to_ycrcb(rgb: jax.Array) -> jax.Array:
