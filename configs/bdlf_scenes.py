@@ -1,6 +1,8 @@
 r"""BDLF (bi-level infrared-visible fusion) on the embedded street scenes at night and in fog.
 
-  python -m adverse_vision.train --config configs/bdlf_scenes.py:tiny --workdir runs/bdlf_tiny
+  python -m adverse_vision.train --config configs/bdlf_scenes.py:tiny,fusion --workdir runs/fusion_tiny
+  python -m adverse_vision.train --config configs/bdlf_scenes.py:tiny --workdir runs/bdlf_tiny \
+      --config.bdlf.fusion_from=runs/fusion_tiny
   python -m adverse_vision.evaluate --workdir runs/bdlf_tiny
 
 Each scene comes with its thermal rendering (the infrared image, which fog and
@@ -9,7 +11,9 @@ darkness do not touch) and its visible image degraded either by low light or by 
 luminance; YOLOX detects the five scene classes on the fused colour image; a 1x1
 critic scores the fused luminance against the saliency-weighted target. The fusion
 network steps on the aggregated first-order hypergradient every ``bdlf.upper_every``
-iterations, on a batch from the held-out tenth of the training scenes.
+iterations, on a batch from the held-out tenth of the training scenes. As in the
+official recipe, the fusion network starts from a run of the ``fusion`` variant
+(``bdlf.fusion_from``); without it, the bi-level schedule starts from scratch.
 
 Variants (comma-separated tokens after the colon):
   (none)    fusion network at full width, YOLOX-s at 320 px, batch 16: an accelerator run.
