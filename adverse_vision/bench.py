@@ -101,15 +101,16 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
         holder["state"], metrics = train(holder["state"], b)
         return metrics
 
-    train_s = _time(step, (batch,), steps)
     extra = {}
     if cfg.method == "bdlf" and cfg.bdlf.mode == "bilevel":
+        # The program compiled above is one of the two variants: it is not timed on its
+        # own; time and FLOPs are both their average over one fusion period.
         extra = _bilevel_steps(cfg, trainer, holder.pop("state"), batch, steps, train_flops)
         holder["state"] = trainer.init_state()
-        # The program compiled above is one of the two variants: time and FLOPs are
-        # both taken as their average over one fusion period.
         train_s = extra["bilevel_mean_step_s"]
         train_flops = extra["bilevel_mean_flops_per_step"]
+    else:
+        train_s = _time(step, (batch,), steps)
     result = {
         "config": {"model": dict(cfg.model), "image_size": cfg.image_size,
                    "batch_size": cfg.batch_size},
