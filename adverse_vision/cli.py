@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -68,8 +70,34 @@ def check_command_line(argv: Sequence[str]) -> None:
                 f"{config_lib.suggest(key, known)}")
 
 
+def out_of_memory_message(error: BaseException, cfg: Any = None) -> Optional[str]:
+    """One line for XLA's RESOURCE_EXHAUSTED (a program needs more device memory than
+    there is), naming the config's batch and image size; None for any other error."""
+    text = str(error)
+    if not isinstance(error, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in text:
+        return None
+    allocating = re.search(r"allocating (\d+) bytes", text)
+    size = f" {int(allocating.group(1)) / 2**30:.1f} GiB" if allocating else " enough memory"
+    at, lower = "", "the batch size or the image size"
+    if cfg is not None and "batch_size" in cfg and "image_size" in cfg:
+        at = f" at batch {cfg.batch_size} and {cfg.image_size} px"
+        lower = "--config.batch_size or --config.image_size"
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    return (f"out of device memory on {device}{at}: XLA could not allocate{size}; lower "
+            f"{lower}, or run on devices with more memory")
+
+
+def _flag_config() -> Any:
+    """The parsed ``--config`` of the running program, if it has one."""
+    try:
+        return flags.FLAGS["config"].value
+    except KeyError:
+        return None
+
+
 def run(main: Callable[[], int]) -> None:
-    """Runs a program body under absl; a user error ends with one readable line."""
+    """Runs a program body under absl; a user error, or running out of device memory,
+    ends with one readable line."""
     def report(e: BaseException) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -87,9 +115,15 @@ def run(main: Callable[[], int]) -> None:
             code = main()
         except USER_ERRORS as e:
             report(e)
+        except jax.errors.JaxRuntimeError as e:
+            message = out_of_memory_message(e, _flag_config())
+            if message is None:
+                raise
+            report(message)
         sys.exit(code or 0)
 
     app.run(wrapped)
 
 
-__all__ = ["define_config_flag", "load_config_file", "check_command_line", "run", "flags"]
+__all__ = ["define_config_flag", "load_config_file", "check_command_line",
+           "out_of_memory_message", "run", "flags"]

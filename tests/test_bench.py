@@ -14,6 +14,8 @@ def test_bench_reports_rates_and_flops():
     assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
     assert r["train_flops_per_step"] > 3 * r["infer_flops_per_batch"] * 96**2 / 128**2 * 0.5
     assert r["infer_image_size"] == 128 and r["peak_host_memory_gib"] > 0.1
+    # At least the parameters, optimizer state and batch; less than the host has.
+    assert 0.01 < r["train_memory_gib"] < 8 and 0 < r["infer_memory_gib"] < r["train_memory_gib"]
     text = bench.format_result(r)
     assert "images/s" in text and "GFLOP/s" in text and "MFU" in text
 
@@ -39,13 +41,16 @@ def test_bench_dnhl_joint_reports_the_denoiser_alone():
 def test_bench_bdlf_reports_fusion_rate_and_hypergradient_overhead():
     from tests.helpers import bdlf_smoke_config  # pylint: disable=import-outside-toplevel
     r = bench.run(bdlf_smoke_config(), steps=1, infer_steps=1)
-    assert r["fusion_megapixels_per_s"] > 0
+    assert r["fusion_megapixels_per_s"] > 0 and r["fusion_flops_per_pixel"] > 0
     assert r["bilevel_hyper_step_s"] > 0 and r["bilevel_lower_step_s"] > 0
     assert r["plain_fusion_step_s"] > 0 and r["hyper_over_plain"] > 0
     # FLOPs are those of the two variants averaged like the time, and the hypergradient
     # iteration does more work than the one without it.
     hyper, lower = r["bilevel_hyper_flops_per_step"], r["bilevel_lower_flops_per_step"]
     assert hyper > lower > 0
+    # The memory XLA assigns: the hypergradient iteration holds more activations.
+    assert r["bilevel_hyper_memory_bytes"] > r["bilevel_lower_memory_bytes"] > 0
+    assert r["train_memory_gib"] * 2**30 == r["bilevel_hyper_memory_bytes"]
     assert r["train_flops_per_step"] == r["bilevel_mean_flops_per_step"] == (hyper + lower) / 2
     text = bench.format_result(r)
     assert "fusion network alone" in text and "hypergradient overhead" in text
