@@ -449,12 +449,12 @@ class MFNetSource(_Reporting):
             return
         (lw, lh), label_mode = label_header
         if label_mode not in ("L", "P"):
-            self._bad_sample(label_path,
-                           f"label mode {label_mode!r} is not a single-channel (L or P) PNG")
+            self._bad_sample(
+                label_path, f"label mode {label_mode!r} is not a single-channel (L or P) PNG")
             return
         if (lw, lh) != (iw, ih):
-            self._bad_sample(label_path,
-                           f"label is {lw}x{lh} but its image {image_path} is {iw}x{ih}")
+            self._bad_sample(
+                label_path, f"label is {lw}x{lh} but its image {image_path} is {iw}x{ih}")
             return
         self.ids.append(stem)
         self.image_paths.append(image_path)
