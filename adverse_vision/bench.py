@@ -186,8 +186,8 @@ def _denoiser_rate(trainer, variables, batch, steps: int) -> dict[str, Any]:
     method = trainer.method
     den, _ = method.split_variables(variables)
     x = batch["image"].astype("float32") / 255.0
-    fn = jax.jit(lambda d, x: method.denoiser.apply(d, x, train=False))
-    seconds = _time(fn, (den, x), steps)
+    denoiser = _compile(jax.jit(lambda d, x: method.denoiser.apply(d, x, train=False)), den, x)
+    seconds = _time(denoiser.fn, (den, x), steps)
     pixels = x.shape[0] * x.shape[1] * x.shape[2]
     return {"denoiser_batch_s": seconds, "denoiser_megapixels_per_s": pixels / seconds / 1e6}
 

@@ -98,7 +98,7 @@ def _flag_config() -> Any:
 def run(main: Callable[[], int]) -> None:
     """Runs a program body under absl; a user error, or running out of device memory,
     ends with one readable line."""
-    def report(e: BaseException) -> None:
+    def report(e: object) -> None:  # an exception, or the message itself
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -31,12 +31,11 @@ def test_out_of_memory_message_names_batch_size_and_amount():
     assert cli.out_of_memory_message(ValueError("RESOURCE_EXHAUSTED"), cfg) is None
 
 
-_PROGRAM = f"""
-import jax, jax.numpy as jnp
+_PROGRAM = """
 from adverse_vision import cli
+from tests.test_cli import _exhaust
 cli.define_config_flag()
-cli.run(lambda: jax.block_until_ready(
-    jax.jit(lambda x: jnp.zeros(({_TOO_MANY},), jnp.float32) + x)(1.0)))
+cli.run(_exhaust)
 """
 
 
