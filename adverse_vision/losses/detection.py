@@ -33,6 +33,9 @@ __all__ = ["yolox_loss", "focal_objectness"]
 _VARIANTS = ("yolox", "togethernet")
 _IOU_TYPES = ("iou", "giou")
 REG_WEIGHT = 5.0
+# Cap of the raw log-width/height inside the loss: e^10 strides is far beyond any image,
+# and below it exp() cannot overflow float32, however wild a prediction is.
+MAX_LOG_WH = 10.0
 
 
 def focal_objectness(obj_logits, targets) -> jnp.ndarray:
@@ -127,7 +130,8 @@ def yolox_loss(
 
     grid = jnp.asarray(grid, jnp.float32)
     strides = jnp.asarray(strides, jnp.float32)
-    boxes, obj, cls = decode(preds, grid, strides)  # (B,A,4), (B,A), (B,A,C)
+    capped = preds.at[..., 2:4].set(jnp.minimum(preds[..., 2:4], MAX_LOG_WH))
+    boxes, obj, cls = decode(capped, grid, strides)  # (B,A,4), (B,A), (B,A,C)
 
     assign = jax.vmap(
         lambda pb, po, pc, gb, gc, gm: simota_assign(
@@ -153,11 +157,14 @@ def yolox_loss(
     tgt_boxes = jnp.where(fg[..., None], tgt_boxes, unit)
     tgt_cls = jnp.take_along_axis(gt_classes, assign.matched_gt, axis=1)
 
-    # regression
+    # regression, on the positives' boxes only: a negative anchor's raw output is
+    # replaced before decoding (masking its IoU afterwards would still pass 0 * inf =
+    # NaN back through exp() when its width overflows)
+    fg_boxes = decode(jnp.where(fg[..., None], capped, 0.0), grid, strides)[0]
     if iou_type == "iou":
-        per_iou = 1.0 - jnp.square(iou_aligned(boxes, tgt_boxes))
+        per_iou = 1.0 - jnp.square(iou_aligned(fg_boxes, tgt_boxes))
     else:
-        per_iou = 1.0 - jnp.clip(giou_aligned(boxes, tgt_boxes), -1.0, 1.0)
+        per_iou = 1.0 - jnp.clip(giou_aligned(fg_boxes, tgt_boxes), -1.0, 1.0)
     loss_iou = jnp.sum(per_iou * fg_f)
 
     # objectness over all anchors of the (valid) images

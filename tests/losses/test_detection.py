@@ -233,3 +233,31 @@ def test_bad_input():
         yolox_loss(heads, GRID, STRIDES, gt, classes, mask[:, :2], C)
     with pytest.raises(ValueError, match="image_mask"):
         yolox_loss(heads, GRID, STRIDES, gt, classes, mask, C, image_mask=np.ones(3, bool))
+
+
+@pytest.mark.parametrize("variant,iou_type", [("togethernet", "iou"), ("yolox", "giou")])
+def test_huge_regression_on_negative_anchors_keeps_gradients_finite(variant, iou_type):
+    """An anchor far from every object that predicts an absurd width (log w = 95, whose
+    exp overflows float32) changes neither the loss nor the other gradients, and
+    leaves no NaN in any gradient."""
+    heads, gt, classes, mask = _problem(0)
+    far = A - 1  # bottom-right anchor at the coarsest level: no object near it
+    assert not np.any(_assign(*(jnp.asarray(x) for x in (
+        _decode_np(heads[0]), heads[0, :, 4], heads[0, :, 5:])), GRID, STRIDES,
+        gt[0], classes[0], mask[0]).fg_mask[far])
+
+    def loss(h):
+        return yolox_loss(h, GRID, STRIDES, gt, classes, mask, C, variant=variant,
+                          use_l1=True, iou_type=iou_type)[0]
+
+    wild = heads.copy()
+    wild[:, far, 2:4] = 95.0
+    value, grads = jax.value_and_grad(loss)(jnp.asarray(wild))
+    ref_value, ref_grads = jax.value_and_grad(loss)(jnp.asarray(heads))
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(np.asarray(grads)))
+    np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-5)
+    keep = np.ones(A, bool)
+    keep[far] = False
+    np.testing.assert_allclose(np.asarray(grads)[:, keep], np.asarray(ref_grads)[:, keep],
+                               rtol=1e-4, atol=1e-7)
