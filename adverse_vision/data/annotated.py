@@ -99,9 +99,11 @@ class AnnotatedSource(PolicyReporting):
         """The record of sample ``index``, or an invalid record (with zero images
         under ``extra_image_keys``) if its image cannot be decoded.
 
-        When the decoded image does not have the annotated size, the boxes are
-        clipped to the decoded image and a ``bad_annotation`` problem is reported
-        once per file.
+        When the decoded image does not have the annotated size, the annotation's size
+        entry is bad: under ``on_bad_annotation="error"`` a :class:`DataError` names the
+        annotation file, both sizes and the image; under ``"skip"`` the entry is
+        ignored (reported as ``bad_annotation``, once per file) and the boxes are
+        clipped to the decoded image.
         """
         index = int(index)
         sample_id = self.ids[index]
@@ -114,10 +116,12 @@ class AnnotatedSource(PolicyReporting):
         h, w = image.shape[:2]
         if (w, h) != self.sizes[index]:
             aw, ah = self.sizes[index]
-            self.problems.add(
-                "bad_annotation", self._annotation_file(index),
-                f"{self.size_label} {aw}x{ah} differs from the decoded image {w}x{h}",
-                "boxes clipped to the decoded image", once=True,
-            )
+            reason = (f"{self.size_label} {aw}x{ah} differs from the decoded image {w}x{h} "
+                      f"({self.image_paths[index]})")
+            if self.policy.on_bad_annotation == "error":
+                raise self.problems.error("bad_annotation", self._annotation_file(index), reason,
+                                          "data policy on_bad_annotation='error'")
+            self.problems.add("bad_annotation", self._annotation_file(index), reason,
+                              "size ignored, boxes clipped to the decoded image", once=True)
             boxes, classes, difficult = fit_boxes_to_image(boxes, classes, difficult, w, h)
         return make_record(image, boxes, classes, difficult, sample_id)

@@ -84,7 +84,7 @@ class COCOSource(AnnotatedSource):
         if not os.path.isdir(self.image_dir):
             raise DataError(f"{self.image_dir}: COCO image folder does not exist (annotations {jpath})")
         try:
-            with open(jpath, encoding="utf-8") as f:
+            with open(jpath, encoding="utf-8-sig") as f:  # a byte-order mark is skipped
                 data = json.load(f)
         except FileNotFoundError:
             raise DataError(f"{jpath}: COCO annotation file not found") from None

@@ -24,7 +24,8 @@ Per-sample processing:
   segmentation and denoising pad as in training and take the centre S x S crop.
 
 Sharding over hosts, shuffling, repetition, per-element random numbers, the padded
-single evaluation pass and the checkpointable iterator are those of
+single evaluation pass, the problems met while reading (recorded into the source's
+``problems`` in the consuming process) and the checkpointable iterator are those of
 :func:`adverse_vision.data.pipeline.make_pipeline` (see its module docstring); save
 and restore positions with :func:`adverse_vision.data.pipeline.get_state` /
 :func:`~adverse_vision.data.pipeline.set_state`.
@@ -40,6 +41,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from adverse_vision.data import handoff
 from adverse_vision.data.pipeline import (
     _INDEX_KEY,
     _PAD_KEY,
@@ -149,6 +151,7 @@ class _DenseProcessor:
         record = dict(record)
         index = int(record.pop(_INDEX_KEY, -1))
         pad = bool(record.pop(_PAD_KEY, False))
+        found = handoff.pop_found(record)
         valid = bool(record.get("valid", True)) and not pad
         _check_record(record, self.task, index)
         s = self.image_size
@@ -179,6 +182,7 @@ class _DenseProcessor:
             "image": np.ascontiguousarray(image, np.uint8),
             "valid": np.asarray(valid),
             "index": np.asarray(-1 if pad else index, np.int32),
+            handoff.FOUND_KEY: handoff.found_entry(found),
         }
         if self.task == "classification":
             out["label"] = np.asarray(label, np.int32)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from adverse_vision.data.files import read_id_list
 from adverse_vision.data.problems import (
     INVALID_IMAGE_SIZE,
     DataError,
@@ -369,11 +370,7 @@ class VOCSegmentationSource(PolicyReporting, _FileSource):
             list_path = os.path.join(self.root, "ImageSets", "Segmentation", self.image_set + ".txt")
         if not os.path.isfile(list_path):
             raise FileNotFoundError(f"{list_path}: image set file not found (image_set {image_set!r})")
-        try:
-            with open(list_path, encoding="utf-8") as f:
-                stems = [line.split()[0] for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"{list_path}: cannot read image set file ({e})") from None
+        stems = read_id_list(list_path, "image set file")
         for stem in stems:
             self._add(stem, os.path.join(self.root, image_dir), os.path.join(self.root, mask_dir))
         if not self.ids:

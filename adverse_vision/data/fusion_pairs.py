@@ -30,9 +30,10 @@ infrared image), ``id`` (str) and ``valid``, plus per dataset:
   with ``ir``/``vi`` folders, or the original RoadScene release's
   ``cropinfrared``/``crop_HR_visible`` (:data:`FUSION_FOLDER_NAMES`). No boxes.
 
-Infrared images are read as 8-bit grayscale (colour files are converted with
-Pillow's ``L`` luma); 16-bit or float images are reported as ``corrupt_image``
-rather than clipped.
+Infrared images are read as 8-bit grayscale by
+:func:`adverse_vision.data.files.read_gray`: colour files are converted with
+Pillow's ``L`` luma, 16-bit files keep their high byte (the full 16-bit range maps
+onto 0..255); float images are reported as ``corrupt_image``.
 
 Bad input follows :mod:`adverse_vision.data.problems`, as in
 :mod:`adverse_vision.data.voc` and :mod:`adverse_vision.data.folders`. A missing
@@ -58,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from adverse_vision.data.files import ImageDecodeError, read_gray, read_id_list
 from adverse_vision.data.folders import (
     IMAGE_EXTENSIONS,
     MASK_IGNORE,
@@ -101,37 +103,26 @@ FUSION_FOLDER_NAMES = (("ir", "vi"), ("cropinfrared", "crop_HR_visible"))
 
 
 def read_thermal(path: str, problems: DataProblems | None = None) -> np.ndarray | None:
-    """Decodes an 8-bit infrared image to uint8 (H, W, 1), or returns None.
+    """Decodes an infrared image to uint8 (H, W, 1), or returns None.
 
-    Colour files are converted to grayscale (Pillow ``L``). Undecodable files and
-    16-bit or float images are reported to ``problems`` (``corrupt_image``, once
-    per file) and give None.
+    Decoding is :func:`adverse_vision.data.files.read_gray`: colour files become
+    grey (Pillow ``L``), 16-bit files are scaled to 8 bits by their high byte.
+    Undecodable files and float images are reported to ``problems``
+    (``corrupt_image``, once per file) and give None.
     """
     return _read_gray(path, problems, "infrared image")
 
 
 def _read_gray(path: str, problems: DataProblems | None, what: str) -> np.ndarray | None:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     try:
-        with Image.open(path) as im:
-            if im.mode.startswith(("I", "F")):
-                reason = f"{what} has mode {im.mode!r}; an 8-bit image is expected"
-                arr = None
-            else:
-                arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - PIL raises many exception types
-        reason = f"cannot decode image ({type(e).__name__}: {e})"
-        arr = None
-    if arr is None or arr.ndim != 2 or arr.size == 0:
-        if arr is not None:
-            reason = f"decoded to an empty array {arr.shape}"
-        if problems is not None:
-            problems.add("corrupt_image", path, reason, "sample marked invalid", once=True)
-        else:
-            logger.warning("corrupt_image: %s (%s) -> sample marked invalid", path, reason)
-        return None
-    return arr[..., None]
+        return read_gray(path)[..., None]
+    except ImageDecodeError as e:
+        reason = f"{what}: {e}"
+    if problems is not None:
+        problems.add("corrupt_image", path, reason, "sample marked invalid", once=True)
+    else:
+        logger.warning("corrupt_image: %s (%s) -> sample marked invalid", path, reason)
+    return None
 
 
 def _read_saliency(path: str, problems: DataProblems) -> np.ndarray | None:
@@ -160,12 +151,7 @@ def _split_list(root: str, split: str, default_dir: str | None) -> tuple[str, li
         path = os.path.join(*parts)
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found (split {split!r})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            ids = [line.split()[0] for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read split file ({e})") from None
-    return path, ids
+    return path, read_id_list(path, "split file")
 
 
 class _Reporting(PolicyReporting):

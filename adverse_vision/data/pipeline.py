@@ -10,6 +10,8 @@ Training::
     .batch(batch_size)
     .to_iter_dataset()
     .mp_prefetch(num_workers)        when num_workers > 0
+    ConsumerStep                     in this process: records the problems met while
+                                     reading, releases grain's shared memory
 
 Evaluation: no shuffle, no augmentation, one pass; the degradation of sample ``i``
 is drawn from a generator seeded by ``(seed, i)``, so the validation fog is the same
@@ -24,11 +26,15 @@ reproducible and independent of ``num_workers``.
 Batches follow the contract in the package docs (``image`` degraded, ``clean``,
 ``boxes``/``classes``/``box_mask``/``difficult`` padded to ``max_boxes``,
 ``valid``, ``scale``, ``offset``, ``orig_size`` and the aligned ``depth``,
-``mask``, ``thermal`` when the source has them) plus two int32 extras:
+``mask``, ``thermal`` when the source has them) plus ``index`` (B,) int32, the
+global source index of each sample (-1 for eval padding).
 
-* ``index`` (B,): the global source index of each sample (-1 for eval padding),
-* ``boxes_dropped`` (B,): boxes beyond ``max_boxes`` that were discarded (the
-  largest ``max_boxes`` boxes by area are kept).
+Bad input met while reading (see :mod:`adverse_vision.data.problems`) is recorded
+into the source's ``problems`` (a collector of the pipeline's own when the source has
+none) in the consuming process, whatever ``num_workers`` is (see
+:mod:`adverse_vision.data.handoff`). A sample with more boxes than ``max_boxes``
+keeps the ``max_boxes`` largest by area; the file is reported once as
+``too_many_boxes``.
 
 Saliency (``make_pipeline(..., saliency=True)``): every batch also gets
 ``saliency`` (B, S, S, 1) float32, the infrared weight of the fusion target
@@ -63,7 +69,9 @@ import grain
 import numpy as np
 
 from adverse_vision.data import augment as aug
+from adverse_vision.data import handoff
 from adverse_vision.data import saliency as sal
+from adverse_vision.data.problems import DataProblems
 
 # Optional aligned arrays that are carried into the batch when the source has them.
 OPTIONAL_KEYS = ("depth", "mask", "thermal")
@@ -178,7 +186,9 @@ class _Processor:
         record = dict(record)
         index = int(record.pop(_INDEX_KEY, -1))
         pad = bool(record.pop(_PAD_KEY, False))
+        found = handoff.pop_found(record)
         name = record.get("id", f"index {index}")
+        annotated = len(record.get("boxes", ()))
         if "boxes" in record and "classes" not in record:
             raise ValueError(f"record {name}: has 'boxes' but no 'classes'")
         if not self.saliency:
@@ -197,6 +207,14 @@ class _Processor:
         else:
             degraded = self._degrade(record, rng)
         out = self._pack(record, clean, degraded, index, pad)
+        if not pad and len(record.get("boxes", ())) > self.max_boxes:
+            # The reason names the annotated count, the same every epoch (augmentation
+            # may crop some boxes away), so a file is reported once.
+            m = self.max_boxes
+            found.append(("too_many_boxes", str(name),
+                          f"{annotated} boxes, more than data.max_boxes={m}",
+                          f"the {m} largest by area kept", 1, False))
+        out[handoff.FOUND_KEY] = handoff.found_entry(found)
         if self.saliency:
             out["saliency"] = self._saliency(record, degraded, bool(out["valid"]))
         return out
@@ -246,8 +264,7 @@ class _Processor:
         difficult = np.asarray(record.get("difficult", np.zeros((n,), bool)), bool)
         if pad:
             n = 0
-        dropped = max(0, n - m)
-        if dropped:
+        if n > m:
             area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             keep = np.sort(np.argsort(-area, kind="stable")[:m])
         else:
@@ -273,7 +290,6 @@ class _Processor:
             "offset": np.asarray(record["offset"], np.float32),
             "orig_size": np.asarray(record["orig_size"], np.int32),
             "index": np.asarray(-1 if pad else index, np.int32),
-            "boxes_dropped": np.asarray(dropped, np.int32),
         }
         defaults = {
             "depth": lambda: np.ones((s, s), np.float32),
@@ -411,10 +427,13 @@ def batched(source: Any, *, caller: str, train: bool, train_map: grain.transform
     Training: an equal share per host, shuffled every epoch, repeated, ``train_map``
     with per-element random numbers, batched. Evaluation: one pass with the last batch
     padded by invalid samples (``eval_map`` sees records carrying the pad flag).
-    Then read threads, prefetching and, with ``num_workers``, worker processes.
+    Then read threads, prefetching and, with ``num_workers``, worker processes; last
+    the :class:`~adverse_vision.data.handoff.ConsumerStep` in this process. Records
+    carry the problems met while reading them (``handoff.FOUND_KEY``); the maps must
+    pass them on as one :func:`~adverse_vision.data.handoff.found_entry` per sample.
     """
     n = len(source)
-    indexed = grain.MapDataset.source(source).map_with_index(_AttachIndex(n))
+    indexed = grain.MapDataset.source(handoff.Reader(source)).map_with_index(_AttachIndex(n))
     if train:
         per_host = n // process_count
         if per_host == 0:
@@ -442,7 +461,10 @@ def batched(source: Any, *, caller: str, train: bool, train_map: grain.transform
     if num_workers > 0:
         _ensure_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(num_workers)))
-    return it_ds
+    problems = getattr(source, "problems", None)
+    if not isinstance(problems, DataProblems):
+        problems = DataProblems(type(source).__name__)
+    return handoff.ConsumerStep(it_ds, problems)
 
 
 def make_pipeline(

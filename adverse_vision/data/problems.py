@@ -11,21 +11,30 @@ sources in this package never die on such input. Each problem is
 * handled according to a :class:`DataPolicy` (clip, skip, keep) or turned into one
   :class:`DataError` naming the file and the reason when the policy says ``"error"``.
 
-Annotation problems are found when a source is built, in the main process, so their
-counts are exact. Undecodable images are only seen when a sample is decoded, which
-happens inside the loader's worker processes; :func:`decode_image` then returns
-``None`` and the source returns an invalid record (:func:`invalid_record`) instead of
-raising, so no worker dies. Those counts are per process.
+Annotation problems are found when a source is built, in the main process. Undecodable
+images are only seen when a sample is decoded, which happens inside the loader's
+worker processes; :func:`decode_image` then returns ``None`` and the source returns an
+invalid record (:func:`invalid_record`) instead of raising, so no worker dies. The
+loader reads every sample inside :func:`found_while_reading`, which collects those
+problems instead of recording them; they travel with the sample to the consuming
+process, which records them into the source's :class:`DataProblems`
+(:meth:`DataProblems.add_found`), once per distinct (kind, file, reason) however
+often and in however many workers the sample is read. So the counts of a run are
+exact whatever ``data.num_workers`` is.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
-from typing import Any, Iterable, Mapping
+import threading
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from adverse_vision.data.files import ImageDecodeError, read_rgb
 
 LOGGER_NAME = "adverse_vision.data"
 logger = logging.getLogger(LOGGER_NAME)
@@ -39,6 +48,7 @@ PROBLEM_KINDS = (
     "unknown_class",  # object of a class that is neither wanted nor known
     "empty_annotation",  # no object left for an image (kept or skipped by policy)
     "bad_annotation",  # unparseable annotation file or entry
+    "too_many_boxes",  # more objects than data.max_boxes: the largest kept
 )
 # Expected, harmless filtering: only counted, never logged per file.
 SILENT_KINDS = (
@@ -115,6 +125,31 @@ class DataPolicy:
         return cls(**{k: config[k] for k in _POLICY_CHOICES if k in config})
 
 
+# Per thread: the lists collecting problems (innermost last), see found_while_reading.
+_COLLECTING = threading.local()
+
+
+@contextlib.contextmanager
+def found_while_reading() -> Iterator[list[tuple]]:
+    """Collects the problems met in this thread instead of recording them.
+
+    Inside the block every :meth:`DataProblems.add`, of any collector, appends
+    ``(kind, file, reason, action, count, silent)`` to the yielded list and neither
+    counts nor logs. The loader reads each sample so and hands the list to the
+    consuming process (:meth:`DataProblems.add_found`), where the counts of a run are
+    kept. Errors (:meth:`DataProblems.error`) are raised as usual.
+    """
+    stack = getattr(_COLLECTING, "stack", None)
+    if stack is None:
+        stack = _COLLECTING.stack = []
+    found: list[tuple] = []
+    stack.append(found)
+    try:
+        yield found
+    finally:
+        stack.pop()
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     kind: str
@@ -165,11 +200,16 @@ class DataProblems:
         """Records ``count`` occurrences of a problem and logs it once.
 
         With ``once=True`` a repeat of the same (kind, file, reason) is not counted
-        again either (for problems met each time a sample is read).
+        again either (for problems met each time a sample is read). Inside
+        :func:`found_while_reading` the problem is collected there instead.
         """
         if kind not in ALL_KINDS:
             raise ValueError(f"unknown data problem kind {kind!r}; known: {ALL_KINDS}")
         file = str(file)
+        collecting = getattr(_COLLECTING, "stack", None)
+        if collecting:
+            collecting[-1].append((kind, file, str(reason), str(action), int(count), bool(silent)))
+            return
         key = (kind, file, reason)
         if once and key in self._seen:
             return
@@ -203,6 +243,13 @@ class DataProblems:
         if hint:
             msg += f" ({hint})"
         return DataError(msg)
+
+    def add_found(self, found: Iterable[Sequence[Any]]) -> None:
+        """Records problems collected by :func:`found_while_reading` (in any process);
+        each distinct (kind, file, reason) is counted and logged once, so a file read
+        again (another epoch, another worker, an evaluation pass) is not counted again."""
+        for kind, file, reason, action, count, silent in found:
+            self.add(kind, file, reason, action, count=int(count), silent=bool(silent), once=True)
 
     def merge(self, other: "DataProblems") -> None:
         self.counts.update(other.counts)
@@ -368,28 +415,23 @@ _DECODE_FAILURES_LOGGED: set = set()
 def decode_image(path: str, problems: DataProblems | None = None) -> np.ndarray | None:
     """Decodes an image file to uint8 RGB (H, W, 3), or returns ``None`` on failure.
 
-    Any error raised while opening or decoding (missing file, truncated or garbage
-    data, unsupported format) gives ``None``; the failure is reported once per file
-    in this process, to ``problems`` when given (kind ``corrupt_image``) or to the
-    ``adverse_vision.data`` logger. EXIF orientation is not applied: dataset
-    annotations refer to the stored pixel grid.
+    Decoding is :func:`adverse_vision.data.files.read_rgb` (16-bit images scaled to 8
+    bits, alpha dropped). Any error raised while opening or decoding (missing file,
+    truncated or garbage data, unsupported format, a float image) gives ``None``; the
+    failure is reported once per file, to ``problems`` when given (kind
+    ``corrupt_image``) or to the ``adverse_vision.data`` logger. EXIF orientation is
+    not applied: dataset annotations refer to the stored pixel grid.
     """
-    from PIL import Image  # local: keeps importing this module cheap
-
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - PIL raises many exception types
-        reason = f"cannot decode image ({type(e).__name__}: {e})"
-        if problems is not None:
-            problems.add("corrupt_image", path, reason, "sample marked invalid", once=True)
-        elif path not in _DECODE_FAILURES_LOGGED:
-            _DECODE_FAILURES_LOGGED.add(path)
-            logger.warning("corrupt_image: %s (%s) -> sample marked invalid", path, reason)
-        return None
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        return None
-    return arr
+        return read_rgb(path)
+    except ImageDecodeError as e:
+        reason = str(e)
+    if problems is not None:
+        problems.add("corrupt_image", path, reason, "sample marked invalid", once=True)
+    elif path not in _DECODE_FAILURES_LOGGED:
+        _DECODE_FAILURES_LOGGED.add(path)
+        logger.warning("corrupt_image: %s (%s) -> sample marked invalid", path, reason)
+    return None
 
 
 def read_image_size(path: str) -> tuple[int, int] | None:

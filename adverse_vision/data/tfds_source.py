@@ -17,9 +17,11 @@ contract:
   counted.
 
 Problems are found lazily here (the examples are only read in ``__getitem__``,
-usually in loader workers), so their counts are per process; each example's
-problems are counted and logged the first time it is read in a process. ``on_empty="skip"`` cannot be honoured without reading every
-example first: empty images are kept (a warning says so once).
+usually in loader workers); the pipeline brings them back to the consuming process,
+where each example's problems are counted and logged once (read directly, outside a
+pipeline, they are counted the first time an example is read in a process).
+``on_empty="skip"`` cannot be honoured without reading every example first: empty
+images are kept (a warning says so once).
 """
 
 from __future__ import annotations

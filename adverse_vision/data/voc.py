@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from adverse_vision.data.annotated import AnnotatedSource
+from adverse_vision.data.files import read_id_list
 from adverse_vision.data.problems import (
     ClassMatcher,
     DataError,
@@ -122,6 +123,8 @@ class VOCSource(AnnotatedSource):
         (e.g. ``"VOC2007-FOG"`` for VOC-FOG); returned under ``degraded_key``.
       problems: a :class:`DataProblems` to report to (one is made if None).
     """
+
+    size_label = "<size>"
 
     def __init__(
         self,
@@ -202,11 +205,7 @@ class VOCSource(AnnotatedSource):
                 list_path = os.path.join(set_root, "ImageSets", "Main", name + ".txt")
             if not os.path.isfile(list_path):
                 raise DataError(f"{list_path}: image set file not found (image_set entry {entry!r})")
-            try:
-                with open(list_path, encoding="utf-8") as f:
-                    stems = [line.split()[0] for line in f if line.strip()]
-            except (OSError, UnicodeDecodeError) as e:
-                raise DataError(f"{list_path}: cannot read image set file ({e})") from None
+            stems = read_id_list(list_path, "image set file")
             out.append((set_root, stems, prefix))
         return out
 

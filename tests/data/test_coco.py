@@ -188,3 +188,13 @@ def test_pickle_roundtrip(tmp_path):
     clone = pickle.loads(pickle.dumps(src))
     np.testing.assert_array_equal(clone[0]["boxes"], src[0]["boxes"])
     assert clone.class_names == src.class_names
+
+
+def test_json_with_a_byte_order_mark(tmp_path):
+    path, img_dir = make_coco(tmp_path, IMAGES, ANNOTATIONS)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8-sig") as f:
+        f.write(text)
+    src = COCOSource(path, img_dir)
+    assert sorted(src.ids) == ["000000000005", "000000000042", "000000000077"]

@@ -291,3 +291,12 @@ def test_voc_seg_corrupt_image_gives_invalid_record(tmp_path):
     assert np.all(rec["mask"] == 255)
     assert src.problems.files("corrupt_image") == [path]
     assert bool(src[0]["valid"])
+
+
+def test_voc_seg_list_with_a_byte_order_mark(tmp_path):
+    root = make_voc_seg(tmp_path / "seg", {"a": (smooth_image(8, 8, 0), seg_mask(8, 8))})
+    list_path = os.path.join(root, "ImageSets", "Segmentation", "train.txt")
+    with open(list_path, "w", encoding="utf-8-sig") as f:
+        f.write("a\n")
+    src = VOCSegmentationSource(root, "train")
+    assert src.ids == ["a"] and src.problems.total == 0

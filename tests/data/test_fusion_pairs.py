@@ -386,13 +386,27 @@ def test_fusion_folders_names_and_bad_input(tmp_path):
     with pytest.raises(DataError, match=r"FLIR_2\.jpg: infrared image is 11x8 but the visible"):
         FusionFolderSource(root, ir_dir="cropinfrared", vis_dir="crop_HR_visible",
                            policy={"on_bad_annotation": "error"})
-    # A 16-bit infrared image is not clipped to 8 bits: reported, sample invalid.
+    # A 16-bit infrared image is scaled to 8 bits (its high byte), not clipped to white.
     rec = src[1]
-    assert not rec["valid"] and rec["thermal"].shape == (INVALID_IMAGE_SIZE,) * 2 + (1,)
-    assert any("mode 'I;16'" in r.reason for r in src.problems.records)
+    assert rec["valid"]
+    np.testing.assert_array_equal(rec["thermal"], gray_image(8, 10, 0)[..., None])
+    assert src.problems.count("corrupt_image") == 0
     # Two files with one stem in a folder are ambiguous.
     save(os.path.join(ir_dir, "FLIR_1.png"), gray_image(8, 10, 0))
     with pytest.raises(DataError, match=r"two images with the stem 'FLIR_1'"):
         FusionFolderSource(root, ir_dir="cropinfrared", vis_dir="crop_HR_visible")
     with pytest.raises(ValueError, match="fusion dataset root does not exist"):
         FusionFolderSource(os.path.join(root, "nope"))
+
+
+def test_split_lists_with_a_byte_order_mark(tmp_path):
+    make_m3fd(tmp_path / "m3fd", M3FD_SAMPLES)
+    with open(tmp_path / "m3fd" / "Main" / "train.txt", "w", encoding="utf-8-sig") as f:
+        f.write("00001\n00002\n")
+    src = M3FDSource(str(tmp_path / "m3fd"), "train")
+    assert src.ids == ["00001", "00002"] and src.problems.total == 0
+    make_mfnet(tmp_path / "mfnet", {"g01": (8, 8)})
+    with open(tmp_path / "mfnet" / "train.txt", "w", encoding="utf-8-sig") as f:
+        f.write("g01\n")
+    src = MFNetSource(str(tmp_path / "mfnet"), "train")
+    assert src.ids == ["g01"] and src.problems.total == 0

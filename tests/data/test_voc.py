@@ -388,3 +388,15 @@ def test_sanitize_boxes_unit(caplog):
         sanitize_boxes(boxes, [0], [False], 10, 8, DataPolicy(), probs, "f.xml")
     with pytest.raises(ValueError, match="unknown data problem kind"):
         probs.add("oops", "f", "r", "a")
+
+
+def test_image_set_with_a_byte_order_mark(tmp_path):
+    root = make_voc(tmp_path / "voc", BASIC)
+    list_path = os.path.join(root, "ImageSets", "Main", "trainval.txt")
+    with open(list_path, "rb") as f:
+        text = f.read()
+    with open(list_path, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + text)  # as Windows editors save UTF-8
+    src = VOCSource(root, "trainval", SUBSET, class_map={"motorcycle": "motorbike"})
+    assert src.ids == ["000001", "000002", "000003"]
+    assert src.problems.total == 0
