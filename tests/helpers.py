@@ -1,9 +1,32 @@
 """Shared test fixtures' building blocks."""
 
+import os
+
 import jax
 import numpy as np
+import pytest
 
 from configs import dnhl_scenes_cls, dnhl_scenes_seg, yolox_scenes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The reference outputs of the official implementations: ``../shared/reference``
+#: beside the repository.
+REFERENCE_DIR = os.path.normpath(os.path.join(ROOT, os.pardir, "shared", "reference"))
+
+
+def reference(name: str) -> str:
+    """The path of the reference file ``name`` (in :data:`REFERENCE_DIR`).
+
+    A missing file skips the calling test, or fails it when the environment
+    variable ``CI`` is ``true``: continuous integration must have the reference.
+    """
+    path = os.path.join(REFERENCE_DIR, name)
+    if not os.path.isfile(path):
+        message = f"reference file {path} not found"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{message} (CI=true: the reference data must be present)", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def fill_variables(shapes, seed=0):

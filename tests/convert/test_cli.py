@@ -24,11 +24,9 @@ from adverse_vision.convert.togethernet import flatten
 from adverse_vision.models.togethernet import TogetherNet
 from tests.convert.test_pretrained import official_yolox
 from tests.convert.test_togethernet_convert import _tensor, _write_pth
+from tests.helpers import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REFERENCE = "/work/shared/reference/togethernet_s_seed0.npz"
-needs_reference = pytest.mark.skipif(not os.path.exists(REFERENCE),
-                                     reason="reference archive not available")
 
 
 def _convert(*args):
@@ -42,9 +40,9 @@ def _rel(out, ref):
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
-@needs_reference
 def test_togethernet_checkpoint_to_workdir(tmp_path):
-    sd = read_state_dict(REFERENCE)
+    archive = reference("togethernet_s_seed0.npz")
+    sd = read_state_dict(archive)
     path = tmp_path / "togethernet_s.pth"
     _write_pth(path, {"model": collections.OrderedDict(
         ("module." + k, _tensor(v)) for k, v in sd.items()), "epoch": 100})
@@ -69,7 +67,7 @@ def test_togethernet_checkpoint_to_workdir(tmp_path):
     np.testing.assert_array_equal(variables["params"]["neck"]["sc1"]["scconv"]["k2"]["kernel"],
                                   sd["backbone.sc1.scconv.k2.1.weight"].transpose(2, 3, 1, 0))
 
-    with np.load(REFERENCE) as z:
+    with np.load(archive) as z:
         x = jnp.asarray(z["input_nchw"].transpose(0, 2, 3, 1))
         refs = [z[f"head{i}_nchw"].transpose(0, 2, 3, 1) for i in range(3)]
     model = TogetherNet(num_classes=5, size="s")

@@ -4,8 +4,8 @@ The reference archive holds the official PyTorch TogetherNet-s (5 classes) with
 weights exactly representable in float32, an input and the official outputs; the
 flax port given those weights through ``load_official`` must reproduce them.
 The checkpoint reader is tested on archives written here by hand in the
-``torch.save`` formats (no torch needed) and, when torch is installed, on files
-written by torch itself.
+``torch.save`` formats, and in tests/convert/test_torch_pickle.py on small files
+written by torch itself (no torch needed for either).
 """
 
 import collections
@@ -36,10 +36,9 @@ from adverse_vision.convert.togethernet import (
     module_path,
 )
 from adverse_vision.convert.torch_pickle import state_dict_from
+from tests.helpers import reference as reference_path
 
-REFERENCE = "/work/shared/reference/togethernet_s_seed0.npz"
-needs_reference = pytest.mark.skipif(not os.path.exists(REFERENCE),
-                                     reason="reference archive not available")
+NAME = "togethernet_s_seed0.npz"
 
 
 def _rel(out, ref):
@@ -48,7 +47,7 @@ def _rel(out, ref):
 
 @pytest.fixture(scope="module")
 def reference():
-    with np.load(REFERENCE) as z:
+    with np.load(reference_path(NAME)) as z:
         arrays = {k: z[k] for k in z.files}
     sd = {}
     for k, v in arrays.items():  # the documented decoding, written out independently
@@ -62,7 +61,6 @@ def reference():
 # ------------------------------------------------------------------ official outputs
 
 
-@needs_reference
 def test_reference_outputs(reference):
     arrays, sd = reference
     model, variables = load_official("togethernet", sd, num_classes=5, size="s")
@@ -78,7 +76,6 @@ def test_reference_outputs(reference):
         assert err < 1e-3, (name, err)
 
 
-@needs_reference
 def test_every_key_is_used_once(reference):
     _, sd = reference
     _, variables = load_official("togethernet", sd, num_classes=5, size="s")
@@ -124,7 +121,6 @@ def test_module_paths(prefix, path):
     assert module_path("something.else.", TOGETHERNET_RULES) is None
 
 
-@needs_reference
 def test_strict_errors(reference):
     _, sd = reference
     sd = dict(sd)
@@ -147,7 +143,6 @@ def test_strict_errors(reference):
         load_official("togethernet", "/nonexistent/weights.pth")
 
 
-@needs_reference
 def test_prefixes_nesting_and_inference(reference, tmp_path):
     _, sd = reference
     _, expected = load_official("togethernet", sd, num_classes=5, size="s")
@@ -156,7 +151,7 @@ def test_prefixes_nesting_and_inference(reference, tmp_path):
     assert model.num_classes == 5
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
     # The reference .npz itself, and a .pth written in torch's zip format.
-    _, from_npz = load_official("togethernet", REFERENCE, num_classes=5)
+    _, from_npz = load_official("togethernet", reference_path(NAME), num_classes=5)
     jax.tree_util.tree_map(np.testing.assert_array_equal, from_npz, expected)
     path = tmp_path / "togethernet.pth"
     _write_pth(path, {"model": collections.OrderedDict(
@@ -165,7 +160,6 @@ def test_prefixes_nesting_and_inference(reference, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, from_pth, expected)
 
 
-@needs_reference
 def test_yolox_part(reference):
     _, sd = reference
     with pytest.raises(ValueError, match=r"checkpoint key\(s\) not used: backbone\.backbone\.deconv"):
@@ -381,34 +375,3 @@ def test_load_pth_refuses_code_and_bad_files(tmp_path):
         load_pth(text)
     with pytest.raises(TorchPickleError, match="no tensors found"):
         state_dict_from({"epoch": 3})
-
-
-# ------------------------------------------------------------------ files written by torch
-
-
-def test_load_pth_written_by_torch(tmp_path):
-    torch = pytest.importorskip("torch")
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(5, 7, generator=g)
-    conv = torch.nn.Conv2d(3, 4, 3)
-    sd = collections.OrderedDict([
-        ("conv.weight", conv.weight), ("conv.bias", conv.bias),  # Parameters
-        ("view", base[1:4, 2:]), ("transposed", base.t()), ("strided", base[::2, 1::3]),
-        ("half", torch.randn(3, generator=g).half()),
-        ("bf16", torch.randn(4, generator=g).to(torch.bfloat16)),
-        ("long", torch.arange(5)), ("count", torch.tensor(3)),
-        ("flags", torch.tensor([True, False])),
-    ])
-    for new_format in (True, False):
-        path = tmp_path / f"torch_{new_format}.pth"
-        torch.save({"model": sd, "epoch": 1}, path, _use_new_zipfile_serialization=new_format)
-        loaded = state_dict_from(load_pth(path))
-        assert list(loaded) == list(sd)
-        for k, t in sd.items():
-            ref = t.detach()
-            if ref.dtype == torch.bfloat16:
-                np.testing.assert_array_equal(loaded[k].astype(np.float32), ref.float().numpy())
-                assert loaded[k].dtype.name == "bfloat16"
-            else:
-                np.testing.assert_array_equal(loaded[k], ref.numpy(), err_msg=k)
-                assert loaded[k].dtype == ref.numpy().dtype

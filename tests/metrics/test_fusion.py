@@ -1,7 +1,6 @@
 """Fusion metrics against the CDDFuse evaluator's values and hand-computed cases."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -24,16 +23,13 @@ from adverse_vision.metrics.fusion import (
     standard_deviation,
     vif,
 )
+from tests.helpers import reference
 
 NAME = "fusion_metrics_cddfuse_seed0.npz"
-REFERENCE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
-                                         "reference", NAME))
-needs_reference = pytest.mark.skipif(not os.path.exists(REFERENCE),
-                                     reason="reference archive not available")
 
 
 def _triple(i):
-    with np.load(REFERENCE) as z:
+    with np.load(reference(NAME)) as z:
         images = tuple(z[f"{i}/{k}"] for k in ("fused", "ir", "vis"))
         expected = {k: float(z[f"{i}/{k}"]) for k in FUSION_METRICS}
     return images, expected
@@ -49,7 +45,6 @@ def _noise_triple(seed, shape=(48, 56)):
 
 # ------------------------------------------------------------------- reference values
 
-@needs_reference
 @pytest.mark.parametrize("i", [0, 1, 2])
 def test_reproduces_cddfuse_evaluator(i):
     (fused, ir, vis), expected = _triple(i)
@@ -72,7 +67,6 @@ def test_reproduces_cddfuse_evaluator(i):
         assert singles[key] == pytest.approx(expected[key], rel=1e-4), key
 
 
-@needs_reference
 def test_other_conventions_convert_from_the_default():
     (fused, ir, vis), expected = _triple(0)
     h, w = fused.shape

@@ -7,8 +7,6 @@ average pooling) against independent numpy/scipy statements, and the model at
 several sizes.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,9 +25,8 @@ from adverse_vision.models.togethernet import (
     togethernet_channels,
 )
 from adverse_vision.models.yolox import resolve_size
-from tests.helpers import fill_variables
+from tests.helpers import fill_variables, reference
 
-REFERENCE = "/work/shared/reference/togethernet_s_seed0.npz"
 TINY = (0.33, 0.125)  # custom depth / width: 8 base channels
 NUM_CLASSES = 3
 
@@ -267,10 +264,13 @@ def test_param_count_s():
     print(f"\nTogetherNet-s, 5 classes: {total:,} parameters, {total - decoder:,} without the "
           f"decoder ({decoder:,} in it)")
     assert total == 16_011_260 and decoder == 1_927_683
-    if os.path.exists(REFERENCE):
-        # The official network's count: every state-dict entry but the BatchNorm buffers.
-        with np.load(REFERENCE) as z:
-            official = sum(z[k].size for k in z.files if k[:2] in ("q/", "f/")
-                           and not k.endswith(("running_mean", "running_var",
-                                               "num_batches_tracked")))
-        assert official == total
+
+
+def test_param_count_s_is_the_official_count():
+    # The official network's count: every state-dict entry but the BatchNorm buffers.
+    with np.load(reference("togethernet_s_seed0.npz")) as z:
+        official = sum(z[k].size for k in z.files if k[:2] in ("q/", "f/")
+                       and not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    shapes = jax.eval_shape(lambda: TogetherNet(5, size="s").init(
+        _key(), jnp.zeros((1, 64, 64, 3)), train=False))
+    assert official == param_count(shapes) == 16_011_260
