@@ -289,6 +289,8 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    if _JSON.value is not None:
+        cli.check_path(_JSON.value, "--json", kind="file")
     cfg = config_lib.validate(_CONFIG.value)
     parallel.maybe_initialize_distributed()
     result = run(cfg, _STEPS.value, _INFER_STEPS.value, _INFER_BATCH.value, _INFER_SIZE.value)

@@ -1,4 +1,5 @@
-"""Shared pieces of the command-line programs: config flags and readable errors."""
+"""Shared pieces of the command-line programs: config and logging flags, checks of
+path flags, and readable errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -15,10 +17,24 @@ from ml_collections import config_flags
 
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import config as config_lib
+from adverse_vision import errors
+
+
+class PathError(ValueError):
+    """A path flag that cannot be used; the message names the flag, the path and why."""
+
 
 # Errors whose message is the whole story: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    config_lib.ConfigError, ckpt_lib.CheckpointError, FileNotFoundError, ValueError)
+    config_lib.ConfigError, ckpt_lib.CheckpointError, errors.RunStopped, FileNotFoundError,
+    ValueError)
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Also show the INFO log of the libraries (orbax, jax, grain, ...); "
+    "the program's own log is shown either way.")
+
+# Flags of this module that every program lists under --help, as its own.
+_SHARED_FLAGS = ("config", "verbose")
 
 
 def define_config_flag():
@@ -61,13 +77,75 @@ def check_command_line(argv: Sequence[str]) -> None:
     spec, keys = _config_args(argv)
     if spec is None:
         return
-    cfg = load_config_file(spec)
-    known = [path for path, _ in config_lib.walk(cfg)]
-    for key in keys:
-        if key not in known:
-            raise config_lib.ConfigError(
-                f"unknown config key '{key}' in --config.{key}"
-                f"{config_lib.suggest(key, known)}")
+    config_lib.check_overrides(load_config_file(spec), keys)
+
+
+def _write_problem(folder: str) -> Optional[str]:
+    """None when a file can be created in ``folder``, otherwise why not. The permission
+    bits are not the whole story (a read-only mount, root), so a file is created and
+    removed."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_check_", dir=folder)
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
+def check_path(path: Optional[str], flag: str, *, kind: str = "dir", write: bool = True) -> None:
+    """Refuses a path flag that cannot work, with a :class:`PathError` naming the flag,
+    the path and what is wrong, before anything is built.
+
+    ``kind`` is ``"dir"`` or ``"file"``. An output (``write``) may be missing, to be
+    created: then its nearest existing ancestor must be a folder this process can write
+    in (for a file, its own folder must exist); an existing one must be of its kind and
+    writable. An input (``write=False``) must exist and be of its kind. A URL
+    (``gs://...``) is left to the storage library.
+    """
+    noun = {"dir": "folder", "file": "file"}[kind]
+    if path is None or not str(path).strip():
+        raise PathError(f"{flag} is empty: give a {noun}")
+    path = os.fspath(path)
+    if "://" in path:
+        return
+    if os.path.exists(path):
+        if kind == "dir" and not os.path.isdir(path):
+            raise PathError(f"{flag} {path} is a file, not a folder")
+        if kind == "file" and os.path.isdir(path):
+            raise PathError(f"{flag} {path} is a folder, not a file")
+        if not write:
+            return
+        if kind == "dir":
+            problem = _write_problem(path)
+        else:
+            problem = None if os.access(path, os.W_OK) else "permission denied"
+        if problem:
+            raise PathError(f"{flag} {path} is not writable ({problem})")
+        return
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise PathError(f"{flag} {path} is inside {ancestor}, which is a file, not a folder")
+    if not write:
+        raise PathError(f"{flag} {path} does not exist")
+    if kind == "file" and ancestor != os.path.dirname(os.path.abspath(path)):
+        raise PathError(f"{flag} {path}: its folder does not exist")
+    problem = _write_problem(ancestor)
+    if problem:
+        raise PathError(f"{flag} {path} cannot be created: {ancestor} is not writable "
+                        f"({problem})")
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """The project's log at INFO; the libraries' (orbax, absl, jax, grain, ...) at WARNING,
+    or at INFO too when ``verbose``. An explicit ``--verbosity`` is left as given."""
+    logging.getLogger("adverse_vision").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+        logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def out_of_memory_message(error: BaseException, cfg: Any = None) -> Optional[str]:
@@ -95,6 +173,14 @@ def _flag_config() -> Any:
         return None
 
 
+def _list_shared_flags_in_help() -> None:
+    """``--help`` lists the flags of the main module only: the flags of this module the
+    program uses are made key flags of it, so that they are listed with its own."""
+    for name in _SHARED_FLAGS:
+        if name in flags.FLAGS:
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+
 def run(main: Callable[[], int]) -> None:
     """Runs a program body under absl; a user error, or running out of device memory,
     ends with one readable line."""
@@ -106,15 +192,19 @@ def run(main: Callable[[], int]) -> None:
         check_command_line(sys.argv[1:])
     except USER_ERRORS as e:
         report(e)
+    _list_shared_flags_in_help()
 
     def wrapped(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        logging.getLogger("adverse_vision").setLevel(logging.INFO)
+        configure_logging(_VERBOSE.value)
         try:
             code = main()
         except USER_ERRORS as e:
             report(e)
+        except KeyboardInterrupt:
+            print("error: interrupted; checkpoints saved before it are kept", file=sys.stderr)
+            sys.exit(130)
         except jax.errors.JaxRuntimeError as e:
             message = out_of_memory_message(e, _flag_config())
             if message is None:
@@ -125,5 +215,6 @@ def run(main: Callable[[], int]) -> None:
     app.run(wrapped)
 
 
-__all__ = ["define_config_flag", "load_config_file", "check_command_line",
-           "out_of_memory_message", "run", "flags"]
+__all__ = ["PathError", "USER_ERRORS", "define_config_flag", "load_config_file",
+           "check_command_line", "check_path", "configure_logging", "out_of_memory_message",
+           "run", "flags"]

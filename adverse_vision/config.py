@@ -9,6 +9,7 @@ anything is compiled.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Iterable, Optional
 
 import ml_collections
@@ -93,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.bdlf.aggregation_weights = ()  # fixed: one weight per branch, in branch order
     c.bdlf.upper_every = 10  # the fusion network steps every this many iterations
     c.bdlf.upper_fraction = 0.1  # training samples held out for the upper level
-    c.bdlf.hyper_eps = 1e-12  # added to |grad_omega f|^2
+    c.bdlf.hyper_eps = 1e-8  # relative: eps |grad_theta f|^2 is added to |grad_omega f|^2
     c.bdlf.fusion_width = 1.0  # channel multiplier of the fusion network
     c.bdlf.critic_width = 1.0
     c.bdlf.seg_classes = ("background", "person", "bicycle", "car", "motorbike", "bus")
@@ -160,6 +161,30 @@ def walk(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterable[tuple[str
         yield path, value
         if isinstance(value, ml_collections.ConfigDict) and not is_free(path):
             yield from walk(value, path + ".")
+
+
+def check_overrides(cfg: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
+    """Raises ConfigError for the first ``--config.<key>=value`` override that ``cfg`` has
+    no such key for. Settable are the schema's keys and the keys already inside the
+    free groups (``data.degrade.beta``, a class map's entries); a degradation mixture (a
+    tuple of specs) is set as a whole only."""
+    known, mixtures = [], []
+    for path, value in walk(cfg):
+        known.append(path)
+        if is_free(path) and isinstance(value, ml_collections.ConfigDict):
+            known.extend(f"{path}.{key}" for key in value)
+        elif is_free(path) and isinstance(value, tuple):
+            mixtures.append(path)
+    for key in keys:
+        if key in known:
+            continue
+        mixture = next((m for m in mixtures if key.startswith(m + ".")), None)
+        if mixture is not None:
+            raise ConfigError(
+                f"config key '{key}' in --config.{key}: '{mixture}' is a mixture of "
+                f"{len(_get(cfg, mixture))} degradation specs in this config; its keys cannot "
+                f"be overridden one by one (edit the config file's specs)")
+        raise ConfigError(f"unknown config key '{key}' in --config.{key}{suggest(key, known)}")
 
 
 # Sub-dicts whose keys are data, not schema: checked by their own rules.
@@ -288,7 +313,69 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check_choice(cfg, "data.on_bad_annotation", ("skip", "error"))
     _check_degrade(cfg, "data.degrade")
     _check_degrade(cfg, "data.val_degrade")
+    _check_numbers(cfg)
+    _check_method_keys(cfg, reference)
     return cfg
+
+# (key, lowest, highest, whether the lowest is allowed) of the numbers a run relies on.
+_RANGES = (
+    ("optimizer.base_lr", 0.0, None, False),
+    ("optimizer.momentum", 0.0, 1.0, True),
+    ("optimizer.weight_decay", 0.0, None, True),
+    ("optimizer.warmup_fraction", 0.0, 1.0, True),
+    ("optimizer.warmup_start", 0.0, 1.0, True),
+    ("optimizer.min_lr_ratio", 0.0, 1.0, True),
+    ("optimizer.final_hold_fraction", 0.0, 1.0, True),
+    ("optimizer.grad_clip", 0.0, None, True),
+    ("optimizer.ema_decay", 0.0, 1.0, True),
+    ("bdlf.fusion_lr", 0.0, None, False),
+    ("bdlf.fusion_weight_decay", 0.0, None, True),
+    ("bdlf.upper_fraction", 0.0, 1.0, False),
+    ("bdlf.upper_every", 1, None, True),
+    ("bdlf.hyper_eps", 0.0, None, True),
+    ("data.max_boxes", 1, None, True),
+    ("data.num_workers", 0, None, True),
+    ("keep_checkpoints", 1, None, True),
+    ("eval_batch_size", 0, None, True),
+)
+
+
+def _check_numbers(cfg: ml_collections.ConfigDict) -> None:
+    """Every number of the config is finite, and those in ``_RANGES`` within range."""
+    for path, value in walk(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{path}' is {value}; it must be a finite number")
+    for path, low, high, low_ok in _RANGES:
+        value = _get(cfg, path)
+        too_low = value < low or (value == low and not low_ok)
+        if too_low or (high is not None and value > high):
+            bounds = (f"{'>=' if low_ok else '>'} {low}" if high is None
+                      else f"in [{low}, {high}]" if low_ok else f"in ({low}, {high}]")
+            raise ConfigError(f"config key '{path}' is {value!r}; it must be {bounds}")
+
+
+# The config groups read by one method only, and keys of other groups a method ignores.
+_METHOD_GROUPS = {"dnhl": "dnhl", "bdlf": "bdlf"}
+_IGNORED_KEYS = {"bdlf": {"model.init_from": "start the fusion network from an earlier run "
+                                             "with bdlf.fusion_from"}}
+
+
+def _check_method_keys(cfg: ml_collections.ConfigDict,
+                       reference: ml_collections.ConfigDict) -> None:
+    """Refuses a key set away from its default when the run's method does not read it:
+    a silently ignored key is a wrong result nobody sees."""
+    for method, group in _METHOD_GROUPS.items():
+        if cfg.method == method:
+            continue
+        for path, value in walk(cfg[group], group + "."):
+            default = _get(reference, path)
+            if not isinstance(value, ml_collections.ConfigDict) and value != default:
+                raise ConfigError(f"config key '{path}' is set to {value!r}, but method "
+                                  f"{cfg.method!r} does not read the '{group}' group")
+    for path, hint in _IGNORED_KEYS.get(cfg.method, {}).items():
+        if _get(cfg, path) != _get(reference, path):
+            raise ConfigError(f"config key '{path}' is set, but method {cfg.method!r} does not "
+                              f"read it; {hint}")
 
 
 def apply_variant_tokens(cfg: ml_collections.ConfigDict, arg: str,

@@ -32,6 +32,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main() -> int:
+    cli.check_path(_WORKDIR.value, "--workdir", write=False)
     parallel.maybe_initialize_distributed()
     from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
     from adverse_vision.data import factory  # pylint: disable=import-outside-toplevel

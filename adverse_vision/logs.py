@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -27,10 +28,14 @@ class MetricWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
             return
-        self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        values = {k: float(v) for k, v in scalars.items()}
+        # Strict JSON: a value that is not a finite number (mAP of a split without
+        # objects, say) is null, never NaN.
+        record = {k: v if math.isfinite(v) else None for k, v in values.items()}
+        self._file.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
         self._file.flush()
-        for name, value in scalars.items():
-            self._tb.add_scalar(name, float(value), int(step))
+        for name, value in values.items():
+            self._tb.add_scalar(name, value, int(step))
         self._tb.flush()
 
     def close(self) -> None:

@@ -48,6 +48,7 @@ from PIL import Image
 from adverse_vision import cli, parallel
 from adverse_vision import draw as draw_lib
 from adverse_vision.data.augment import letterbox
+from adverse_vision.data import files
 
 log = logging.getLogger("adverse_vision")
 
@@ -86,27 +87,21 @@ def list_images(path: str) -> list[str]:
 
 
 def read_image(path: str) -> np.ndarray:
-    """uint8 RGB (H, W, 3), decoded as the training data sources decode images."""
+    """uint8 RGB (H, W, 3), decoded as the training data sources decode images
+    (:func:`adverse_vision.data.files.read_rgb`: 16-bit images scaled to 8 bits)."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - Pillow raises many exception types
-        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"cannot read image {path}: empty image of shape {arr.shape}")
-    return arr
+        return files.read_rgb(path)
+    except files.ImageDecodeError as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from None
 
 
 def read_infrared(path: str) -> np.ndarray:
-    """uint8 (H, W, 1) infrared image (colour files are converted to grey)."""
+    """uint8 (H, W, 1) infrared image, decoded as in training
+    (:func:`adverse_vision.data.files.read_gray`: colour to grey, 16-bit scaled)."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - Pillow raises many exception types
-        raise ImageReadError(f"cannot read infrared image {path}: {type(e).__name__}: {e}") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"cannot read infrared image {path}: empty image of shape {arr.shape}")
-    return arr[..., None]
+        return files.read_gray(path)[..., None]
+    except files.ImageDecodeError as e:
+        raise ImageReadError(f"cannot read infrared image {path}: {e}") from None
 
 
 def infrared_pairs(paths: Sequence[str], folder: str) -> list[Optional[str]]:
@@ -415,8 +410,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
     if predictor.fuses and infrared is None:
         raise ValueError(f"method {predictor.trainer.cfg.method!r} fuses infrared and visible "
                          "images: give the infrared folder (--infrared)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} exists and is not a folder")
+    cli.check_path(out, "--out")
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(out, exist_ok=True)
@@ -482,9 +476,9 @@ def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best"
     if checkpoint not in ("best", "latest"):
         raise ValueError(f"--checkpoint must be 'best' or 'latest', got {checkpoint!r}")
     _check_options(score_threshold, batch_size)
+    cli.check_path(workdir, "--workdir", write=False)
     paths = list_images(images)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} exists and is not a folder")
+    cli.check_path(out, "--out")
     trainer, variables, step = trainer_lib.restore_for_eval(workdir, checkpoint)
     predictor = Predictor(trainer, variables, batch_size=batch_size,
                           score_threshold=score_threshold, restore=restore)

@@ -25,7 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main() -> int:
-    cfg = config_lib.validate(_CONFIG.value)  # before anything compiles
+    # A bad workdir or config ends the program before anything is built.
+    cli.check_path(_WORKDIR.value, "--workdir")
+    cfg = config_lib.validate(_CONFIG.value)
     parallel.maybe_initialize_distributed()
     from adverse_vision import trainer  # pylint: disable=import-outside-toplevel
     trainer.log_to_stderr(logging.INFO)

@@ -34,17 +34,20 @@ import optax
 
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import config as config_lib
+from adverse_vision import errors
 from adverse_vision import optim
 from adverse_vision import parallel
 from adverse_vision import methods as methods_lib
 from adverse_vision.data import factory as data_factory
+from adverse_vision.data.problems import DataError
 from adverse_vision.logs import MetricWriter, Progress
 
 log = logging.getLogger("adverse_vision")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
+class NonFiniteLossError(errors.RunStopped):
+    """The loss, a gradient or the parameters became NaN or infinite; the message names
+    the step and the last good checkpoint."""
 
 
 @flax.struct.dataclass
@@ -74,6 +77,7 @@ class Trainer:
         self.base_rng = jax.random.PRNGKey(cfg.seed)
         self._train_step = None
         self._predict = None
+        self._all_finite = None
 
     # ----------------------------------------------------------------- state
     def _create_state(self, rng: jax.Array) -> TrainState:
@@ -83,6 +87,31 @@ class Trainer:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           model_state=dict(variables), opt_state=self.tx.init(params),
                           ema_params=ema)
+
+    def with_variables(self, state: TrainState, params: Any,
+                       model_state: Optional[dict[str, Any]] = None) -> TrainState:
+        """``state`` restarted from loaded variables: a fresh optimiser state, and EMA
+        parameters (when used) equal to ``params`` in buffers of their own (the train
+        step donates the state, and XLA refuses to donate one buffer twice)."""
+        params = jax.device_put(params, self.replicated)
+        ema = None
+        if state.ema_params is not None:
+            ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.replicated)(params)
+        if model_state is not None:
+            state = state.replace(model_state=jax.device_put(model_state, self.replicated))
+        return state.replace(params=params, opt_state=jax.jit(self.tx.init)(params),
+                             ema_params=ema)
+
+    @property
+    def all_finite(self) -> Callable[[TrainState], jax.Array]:
+        """``all_finite(state)``: whether every parameter (EMA included) is finite; one
+        small program, run at log and save steps only."""
+        if self._all_finite is None:
+            def check(state):
+                leaves = jax.tree.leaves((state.params, state.ema_params))
+                return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+            self._all_finite = jax.jit(check, out_shardings=self.replicated)
+        return self._all_finite
 
     def init_state(self) -> TrainState:
         # An "rbg" key: the model's ~150 initialisers compile several times faster than
@@ -116,7 +145,8 @@ class Trainer:
         if ema is not None:
             ema = optim.ema_update(ema, params, self.cfg.optimizer.ema_decay, state.step + 1)
         metrics = dict(metrics, loss=loss, lr=self.schedule(state.step),
-                       grad_norm=optax.global_norm(grads))
+                       grad_norm=optax.global_norm(grads),
+                       valid_samples=jnp.sum(batch["valid"].astype(jnp.int32)))
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_state=opt_state, ema_params=ema)
         return new_state, metrics
@@ -187,39 +217,81 @@ class _TrainStep:
         return self.jitted.lower(state, batch, self._variant(state, step))
 
 
-def _check_finite(step: int, metrics: dict[str, Any], ckpt: ckpt_lib.Checkpointer) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        last = ckpt.latest_step()
-        where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
-                 else "no checkpoint was saved before it")
-        raise NonFiniteLossError(f"loss is {loss} at step {step}; stopping. {where}")
+class _Window:
+    """The metrics of the steps since the last check. They stay on the devices until a
+    log or save step (the host does not wait for the device in between); ``check`` then
+    fetches them once and stops the run before anything non-finite is logged or saved,
+    or when no valid sample arrived in the whole window."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict[str, Any]]] = []  # on the devices
+        self.fetched: list[tuple[int, dict[str, Any]]] = []  # on the host, since the last log
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        self.pending.append((step, metrics))
+
+    def check(self, trainer: "Trainer", state: TrainState, ckpt: ckpt_lib.Checkpointer,
+              data: data_factory.DataBundle) -> None:
+        if not self.pending:
+            return
+        steps = [step for step, _ in self.pending]
+        window = list(zip(steps, jax.device_get([m for _, m in self.pending])))
+        self.pending = []
+        self.fetched.extend(window)
+        for step, m in window:
+            for key, what in (("loss", "loss"), ("grad_norm", "gradient norm")):
+                if not math.isfinite(float(m[key])):
+                    _stop_non_finite(f"{what} is {float(m[key])} at step {step}", ckpt)
+        if not bool(jax.device_get(trainer.all_finite(state))):
+            _stop_non_finite(f"parameters are not finite after step {steps[-1]}", ckpt)
+        if not any(int(m["valid_samples"]) for _, m in window):
+            problems = ", ".join(f"{k}={v}" for split in data.problems_summary().values()
+                                 for k, v in split.items() if v and k != "total")
+            raise DataError(
+                f"no valid training sample in steps {steps[0]}-{steps[-1]} ({len(steps)} "
+                f"batches): every image failed to load; stopping ({problems or 'see the log'})")
+
+    def means(self) -> dict[str, float]:
+        """Means over the steps fetched since the last call."""
+        fetched, self.fetched = self.fetched, []
+        return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
 
 
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    fetched = jax.device_get(history)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+def _stop_non_finite(what: str, ckpt: ckpt_lib.Checkpointer) -> None:
+    last = ckpt.latest_step()
+    where = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None
+             else "no checkpoint was saved before it")
+    raise NonFiniteLossError(f"{what}; stopping. {where}")
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can save and exit cleanly."""
+    """Turns SIGTERM (a preempted VM, ``kill``) and a first Ctrl-C (SIGINT) into a flag
+    the loop polls, so it can save and exit cleanly; a second Ctrl-C interrupts at once."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):  # pylint: disable=unused-argument
-        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            log.warning("%s received: saving a checkpoint and exiting (press Ctrl-C again to "
+                        "stop without saving)", name)
+        else:
+            log.warning("%s received: saving a checkpoint and exiting", name)
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
@@ -228,20 +300,81 @@ def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
 
 
+# Keys a resumed run may change: how long it runs and how often it logs, evaluates and
+# saves. Any other change would alter the model, the data or the method under the
+# checkpoints already in the workdir (or, for data.num_workers, the structure of the
+# saved data iterator's state).
+RESUMABLE_CHANGES = ("total_steps", "eval_every", "checkpoint_every", "log_every",
+                     "keep_checkpoints")
+
+
+def check_config_change(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Compares ``cfg`` with the config a resumed ``workdir`` was trained with; returns the
+    allowed changes (``RESUMABLE_CHANGES``) as ``key: old -> new`` lines and raises
+    ConfigError naming the keys of any other change."""
+    saved = load_workdir_config(workdir)
+    before, after = dict(_leaves(saved)), dict(_leaves(cfg))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if refused:
+        shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in refused[:5])
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        raise config_lib.ConfigError(
+            f"{workdir} holds checkpoints of another config ({shown}{more}); resume it with "
+            f"the config in its config.json, or train in a new workdir (a resumed run may "
+            f"change only {', '.join(RESUMABLE_CHANGES)})")
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed]
+
+
+def _leaves(cfg: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
+    """(dotted key, value) of every value of a config, JSON-normalised for comparison."""
+    plain = json.loads(cfg.to_json_best_effort(sort_keys=True))
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from walk(v, f"{prefix}{k}.")
+        else:
+            yield prefix[:-1], node
+    return list(walk(plain, ""))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Strict JSON (``null``, never ``NaN``, for a value that is not a finite number)."""
+    with open(path, "w") as f:
+        json.dump(_strict(value), f, indent=2, default=str, allow_nan=False)
+
+
+def _strict(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        progress: Optional[bool] = None) -> dict[str, Any]:
     """Trains ``cfg`` in ``workdir``, resuming from the last checkpoint there."""
     trainer = Trainer(cfg)
     os.makedirs(workdir, exist_ok=True)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=cfg.keep_checkpoints,
+                                 best_metric=trainer.method.best_metric)
+    resuming = ckpt.latest_step() is not None
+    if resuming and os.path.exists(os.path.join(workdir, "config.json")):
+        for change in check_config_change(cfg, workdir):
+            log.warning("resumed with a changed config: %s", change)
     save_config(cfg, workdir)
     per_host = parallel.per_host_batch_size(cfg.batch_size, trainer.mesh)
     data = data_factory.DataBundle(cfg, per_host_batch=per_host)
     train_iter = data.train_iterator()
 
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=cfg.keep_checkpoints,
-                                 best_metric=trainer.method.best_metric)
-    if ckpt.latest_step() is not None:
+    if resuming:
         state, start = ckpt.restore(trainer.abstract_state(), train_iter)
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
@@ -258,36 +391,31 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     bar = Progress(total=cfg.total_steps, initial=start, enabled=progress,
                    images_per_step=cfg.batch_size)
     summary: dict[str, Any] = {"start_step": start, "preempted": False}
-    history: list[dict[str, Any]] = []
-    pending: Optional[tuple[int, dict[str, Any]]] = None
+    window = _Window()
     invalid_samples = 0
     last_eval: dict[str, float] = {}
     t_start = time.time()
     step = start
-    with _Preemption() as preempt:
-        try:
+    try:
+        with _Preemption() as preempt:
             while step < cfg.total_steps:
                 local = next(train_iter)
                 invalid_samples += int(np.sum(~np.asarray(local["valid"])))
                 batch = parallel.global_batch(local, trainer.mesh)
                 state, metrics = trainer.train_step(state, batch, step=step)
                 step += 1
-                if pending is not None:  # one step behind, so the device stays busy
-                    _check_finite(*pending, ckpt)
-                pending = (step, metrics)
-                history.append(metrics)
+                window.add(step, metrics)
                 bar.update(step)
-                if step % cfg.log_every == 0 or step == cfg.total_steps:
-                    _check_finite(*pending, ckpt)
-                    scalars = _mean_metrics(history)
-                    history = []
+                log_now = step % cfg.log_every == 0 or step == cfg.total_steps
+                eval_now = step % cfg.eval_every == 0 or step == cfg.total_steps
+                save_now = eval_now or step % cfg.checkpoint_every == 0 or preempt.requested
+                if log_now or save_now:
+                    window.check(trainer, state, ckpt, data)
+                if log_now:
+                    scalars = window.means()
                     scalars.update(bar.rates())
                     writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
                     bar.set_postfix(loss=scalars["loss"], img_s=scalars["images_per_s"])
-                eval_now = step % cfg.eval_every == 0 or step == cfg.total_steps
-                save_now = eval_now or step % cfg.checkpoint_every == 0 or preempt.requested
-                if save_now:
-                    _check_finite(*pending, ckpt)
                 if eval_now:
                     last_eval, _ = trainer.evaluate(state.eval_variables(), data.val_pipeline())
                     writer.write(step, {f"val/{k}": v for k, v in last_eval.items()})
@@ -298,21 +426,23 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 if preempt.requested:
                     summary["preempted"] = True
                     break
-        finally:
-            bar.close()
-            ckpt.close()  # waits for the last save, which reads the iterator's state
-            train_iter.close()  # stops its worker processes
-            writer.close()
-    elapsed = time.time() - t_start
-    summary.update({
-        "final_step": step, "seconds": elapsed,
-        "steps_per_second": (step - start) / max(elapsed, 1e-9),
-        "invalid_samples": invalid_samples, "data_problems": data.problems_summary(),
-        "val": last_eval, "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
-    })
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    except BaseException as e:
+        summary["stopped"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        bar.close()
+        ckpt.close()  # waits for the last save, which reads the iterator's state
+        train_iter.close()  # stops its worker processes
+        writer.close()
+        elapsed = time.time() - t_start
+        summary.update({
+            "final_step": step, "seconds": elapsed,
+            "steps_per_second": (step - start) / max(elapsed, 1e-9),
+            "invalid_samples": invalid_samples, "data_problems": data.problems_summary(),
+            "val": last_eval, "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
+        })
+        if jax.process_index() == 0:
+            write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
 
 

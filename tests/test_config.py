@@ -51,6 +51,15 @@ def test_locked_config_refuses_typo_assignment():
     ("data.name", "imagenet", "'data.name'"),
     ("data.on_bad_box", "ignore", "'data.on_bad_box'"),
     ("optimizer.name", "lamb", "'optimizer.name'"),
+    ("optimizer.base_lr", float("nan"), "'optimizer.base_lr' is nan; it must be a finite"),
+    ("optimizer.base_lr", -1.0, r"'optimizer.base_lr' is -1.0; it must be > 0"),
+    ("optimizer.base_lr", 0.0, r"'optimizer.base_lr' is 0.0; it must be > 0"),
+    ("optimizer.momentum", 1.5, r"'optimizer.momentum' is 1.5; it must be in \[0.0, 1.0\]"),
+    ("optimizer.ema_decay", float("inf"), "'optimizer.ema_decay' is inf"),
+    ("data.max_boxes", 0, "'data.max_boxes' is 0; it must be >= 1"),
+    ("bdlf.mode", "fusion_loss", r"'bdlf.mode' is set to 'fusion_loss', but method 'detection' "
+                                 r"does not read the 'bdlf' group"),
+    ("dnhl.high_from", "runs/x", r"'dnhl.high_from' is set to 'runs/x', but method 'detection'"),
 ])
 def test_bad_values_are_named(path, value, match):
     cfg = yolox_scenes.get_config("smoke")
@@ -83,3 +92,44 @@ def test_command_line_override_of_unknown_key_fails_before_compiling(tmp_path):
     assert proc.returncode != 0
     assert "optimizer.lr" in proc.stderr
     assert not (tmp_path / "w").exists()  # nothing started
+
+
+def test_a_key_the_method_ignores_is_refused():
+    from tests.helpers import bdlf_smoke_config  # pylint: disable=import-outside-toplevel
+    cfg = bdlf_smoke_config()
+    config_lib.validate(cfg)
+    cfg.model.init_from = "runs/yolox"
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"'model.init_from' is set, but method 'bdlf' does not read it; "
+                             r"start the fusion network .* bdlf.fusion_from"):
+        config_lib.validate(cfg)
+
+
+def test_overrides_inside_a_degradation_spec():
+    cfg = yolox_scenes.get_config("smoke")
+    config_lib.check_overrides(cfg, ["data.degrade.beta", "data.val_degrade.A", "seed"])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"unknown config key 'data.degrade.betta'.*did you mean 'data.degrade.beta'"):
+        config_lib.check_overrides(cfg, ["data.degrade.betta"])
+    config_lib.set_degrade_mixture(cfg, "degrade", [config_lib.degrade_spec("haze"),
+                                                    config_lib.degrade_spec("none")])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"'data.degrade' is a mixture of 2 degradation specs"):
+        config_lib.check_overrides(cfg, ["data.degrade.beta"])
+
+
+def test_readme_degrade_override_is_parsed(monkeypatch):
+    """README's example override of a degradation parameter passes the command-line check
+    and the flag parser sets it."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    from adverse_vision import cli  # pylint: disable=import-outside-toplevel
+    argv = ["train", "--config", "configs/yolox_scenes.py:smoke",
+            "--config.data.degrade.beta=(0.08, 0.2)"]
+    cli.check_command_line(argv[1:])
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    monkeypatch.setattr(sys, "argv", argv)  # where the config flag finds its overrides
+    values(argv)
+    assert tuple(values.config.data.degrade.beta) == (0.08, 0.2)
+    config_lib.validate(values.config)

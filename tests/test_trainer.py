@@ -5,11 +5,13 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adverse_vision import logs, parallel, trainer as trainer_lib
+from adverse_vision import config as config_lib, logs, parallel, trainer as trainer_lib
 from adverse_vision.data import factory
+from adverse_vision.data.problems import DataError
 from adverse_vision.methods import detection
 from tests.helpers import smoke_config
 
@@ -50,6 +52,20 @@ def test_one_step_on_eight_devices_equals_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # BatchNorm statistics
 
 
+def _signal_at_step(monkeypatch, signum, at):
+    """Makes the trainer's progress update send ``signum`` to this process after step
+    ``at``; returns the original update."""
+    original_update = logs.Progress.update
+
+    def update_then_signal(self, step):
+        original_update(self, step)
+        if step == at:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(logs.Progress, "update", update_then_signal)
+    return original_update
+
+
 def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, monkeypatch):
     cfg = _cfg()
     straight = tmp_path / "straight"
@@ -57,14 +73,7 @@ def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, monkeypatch):
     assert summary["final_step"] == 6 and not summary["preempted"]
 
     interrupted = tmp_path / "interrupted"
-    original_update = logs.Progress.update
-
-    def update_then_sigterm(self, step):
-        original_update(self, step)
-        if step == 3:
-            signal.raise_signal(signal.SIGTERM)
-
-    monkeypatch.setattr(logs.Progress, "update", update_then_sigterm)
+    original_update = _signal_at_step(monkeypatch, signal.SIGTERM, 3)
     summary = trainer_lib.train_and_evaluate(cfg, str(interrupted), progress=False)
     assert summary["preempted"] and summary["final_step"] == 3
     assert summary["latest_step"] == 3  # saved on SIGTERM, off the checkpoint_every grid
@@ -137,3 +146,113 @@ def test_bfloat16_compute_with_float32_parameters_and_ema():
     for p0, p1, e in zip(jax.tree.leaves(init_params), jax.tree.leaves(params), jax.tree.leaves(ema)):
         np.testing.assert_allclose(e, d * p0 + (1 - d) * p1, rtol=1e-5, atol=1e-7)
     assert state.eval_variables()["params"] is state.ema_params
+
+
+def test_non_finite_gradients_with_a_finite_loss_stop_before_saving(tmp_path, monkeypatch):
+    """A term that is 0 in value but NaN in its gradient from the 4th step on: the loss
+    stays finite, and the run stops at the next check before the NaN parameters are
+    logged or saved."""
+    original = detection.DetectionMethod.loss_fn
+
+    def poisoned(self, params, model_state, batch, rng, step):
+        loss, aux = original(self, params, model_state, batch, rng, step)
+        first = jax.tree.leaves(params)[0]
+        at_zero = jnp.sum(first) * 0.0 + jnp.where(step >= 3, 0.0, 1.0)
+        return loss + 0.0 * jnp.sqrt(at_zero), aux  # d/dx sqrt(x) at 0: 0 * inf = NaN
+
+    monkeypatch.setattr(detection.DetectionMethod, "loss_fn", poisoned)
+    workdir = tmp_path / "w"
+    with pytest.raises(trainer_lib.NonFiniteLossError,
+                       match=r"gradient norm is nan at step 4; stopping\. the last good "
+                             r"checkpoint is step 2"):
+        trainer_lib.train_and_evaluate(_cfg(), str(workdir), progress=False)
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [2]
+    with open(workdir / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["final_step"] == 4 and "gradient norm is nan" in summary["stopped"]
+    assert [r["step"] for r in logs.read_metrics(str(workdir)) if "train/loss" in r] == [1, 2, 3]
+
+
+def test_all_finite_sees_one_nan_parameter():
+    tr = trainer_lib.Trainer(_cfg(**{"optimizer.ema_decay": 0.999}))
+    state = tr.init_state()
+    assert bool(tr.all_finite(state))
+    ema = jax.tree.map(np.array, jax.device_get(state.ema_params))
+    jax.tree.leaves(ema)[-1].flat[0] = np.inf
+    assert not bool(tr.all_finite(state.replace(ema_params=ema)))
+
+
+def test_restarting_from_loaded_variables_keeps_ema_buffers_apart():
+    """EMA parameters equal to loaded parameters get buffers of their own: the donated
+    train step would otherwise stop with 'Attempt to donate the same buffer twice'."""
+    cfg = _cfg(**{"optimizer.ema_decay": 0.999})
+    tr = trainer_lib.Trainer(cfg)
+    state = tr.init_state()
+    loaded = jax.tree.map(np.array, jax.device_get(state.params))
+    state = tr.with_variables(state, loaded)
+    local = next(factory.DataBundle(cfg, per_host_batch=cfg.batch_size).train_iterator())
+    new, metrics = tr.train_step(state, parallel.global_batch(local, tr.mesh))
+    assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+
+
+def test_every_training_image_corrupt_stops_with_one_line(tmp_path):
+    from tests.data.test_voc import make_voc  # pylint: disable=import-outside-toplevel
+    samples = {f"{i:06d}": ((64, 48), [("car", 0, (4, 4, 40, 30))]) for i in range(8)}
+    root = make_voc(tmp_path / "voc", samples)
+    for stem in samples:
+        with open(tmp_path / "voc" / "JPEGImages" / f"{stem}.jpg", "wb") as f:
+            f.write(b"not a jpeg")
+    cfg = _cfg(**{"data.name": "voc", "data.root": root})
+    workdir = tmp_path / "w"
+    with pytest.raises(DataError, match=r"no valid training sample in steps 1-1 \(1 batches\): "
+                                        r"every image failed to load; stopping "
+                                        r"\(corrupt_image=\d+\)"):
+        trainer_lib.train_and_evaluate(cfg, str(workdir), progress=False)
+    assert not [d for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+
+
+def test_logs_and_summary_are_strict_json(tmp_path):
+    writer = logs.MetricWriter(str(tmp_path))
+    writer.write(3, {"val/mAP": float("nan"), "val/loss": 1.5, "val/x": float("inf")})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl") as f:
+        line = f.read()
+    assert "NaN" not in line and "Infinity" not in line
+    assert logs.read_metrics(str(tmp_path)) == [{"step": 3, "val/mAP": None, "val/loss": 1.5,
+                                                  "val/x": None}]
+    trainer_lib.write_json(str(tmp_path / "s.json"),
+                           {"val": {"mAP": np.float32("nan")}, "n": np.int64(2), "t": (1.0,)})
+    with open(tmp_path / "s.json") as f:
+        assert json.loads(f.read(), parse_constant=pytest.fail) == {
+            "val": {"mAP": None}, "n": 2, "t": [1.0]}
+
+
+def test_sigint_saves_and_exits_like_sigterm(tmp_path, monkeypatch):
+    _signal_at_step(monkeypatch, signal.SIGINT, 3)
+    summary = trainer_lib.train_and_evaluate(_cfg(), str(tmp_path / "w"), progress=False)
+    assert summary["preempted"] and summary["final_step"] == 3 and summary["latest_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_rerun_with_a_changed_config_is_refused_unless_it_only_changes_the_schedule(tmp_path, caplog):
+    workdir = str(tmp_path / "w")
+    trainer_lib.train_and_evaluate(_cfg(), workdir, progress=False)
+    changed = _cfg(**{"model.width": 0.25, "optimizer.base_lr": 0.5})
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"holds checkpoints of another config \(model\.width: 0\.125 -> 0\.25; "
+                             r"optimizer\.base_lr: .* -> 0\.5\)"):
+        trainer_lib.train_and_evaluate(changed, workdir, progress=False)
+    assert trainer_lib.load_workdir_config(workdir).model.width == 0.125  # not overwritten
+    assert trainer_lib.check_config_change(_cfg(total_steps=9), workdir) == ["total_steps: 6 -> 9"]
+    with caplog.at_level("WARNING", logger="adverse_vision"):
+        summary = trainer_lib.train_and_evaluate(_cfg(log_every=3), workdir, progress=False)
+    assert summary["start_step"] == 6 and summary["final_step"] == 6
+    assert "resumed with a changed config: log_every: 1 -> 3" in caplog.text
+    assert trainer_lib.load_workdir_config(workdir).log_every == 3
+
+
+@pytest.mark.parametrize("name", ["voc", "coco", "m3fd"])
+def test_an_unset_dataset_root_is_named(name):
+    cfg = _cfg(**{"data.name": name})
+    with pytest.raises(ValueError, match=rf"config key 'data.root' is empty; data.name '{name}'"):
+        factory.DataBundle(cfg, per_host_batch=8)

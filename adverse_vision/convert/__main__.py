@@ -38,6 +38,7 @@ flags.mark_flags_as_required(["from", "method", "out"])
 
 
 def main() -> int:
+    cli.check_path(_OUT.value, "--out")
     from adverse_vision.convert import pretrained  # pylint: disable=import-outside-toplevel
     summary = pretrained.export_workdir(
         _FROM.value, _METHOD.value, _OUT.value, num_classes=_NUM_CLASSES.value,

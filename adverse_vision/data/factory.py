@@ -20,6 +20,9 @@ DNHL_STAGES = ("high", "denoise", "joint")
 DNHL_TASKS = ("classification", "segmentation")
 DNHL_DATASETS = ("scenes", "scenes_crops", "image_folder", "class_folder", "voc_seg")
 BDLF_DATASETS = ("scenes", "m3fd", "mfnet", "fusion_folder")
+# Datasets read from files under ``data.root`` (tfds falls back to its own data_dir).
+NEEDS_ROOT = ("voc", "coco", "image_folder", "class_folder", "voc_seg", "m3fd", "mfnet",
+              "fusion_folder")
 
 
 def _plain(x: Any) -> Any:
@@ -36,6 +39,9 @@ class DataBundle:
         self.per_host_batch = per_host_batch
         self.policy = DataPolicy.from_config(_plain(cfg.data))
         self._sources: dict[str, Any] = {}
+        if cfg.data.name in NEEDS_ROOT and not cfg.data.root:
+            raise ValueError(f"config key 'data.root' is empty; data.name {cfg.data.name!r} "
+                             f"reads its files from there (--config.data.root=/path/to/dataset)")
 
     def split_name(self, split: str) -> str:
         """The dataset's own name of a run split ("train", "val", "test")."""
@@ -95,8 +101,6 @@ class DataBundle:
             return scenes_tasks.ScenesCropsSource(
                 split=split, num_samples=count, crop_size=self.cfg.image_size,
                 scene_size=d.scene_size, seed=d.seed)
-        if d.name in ("image_folder", "class_folder", "voc_seg") and not d.root:
-            raise ValueError(f"config key 'data.root' is empty; data.name {d.name!r} needs it")
         if d.name == "image_folder":
             return folders.ImageFolderSource(
                 os.path.join(d.root, self.split_name(split)), problems=problems, policy=self.policy)
@@ -117,8 +121,6 @@ class DataBundle:
 
         d = self.cfg.data
         problems = DataProblems(f"{d.name} {split}")
-        if d.name in ("m3fd", "mfnet", "fusion_folder") and not d.root:
-            raise ValueError(f"config key 'data.root' is empty; data.name {d.name!r} needs it")
         if d.name == "m3fd":
             return fusion_pairs.M3FDSource(d.root, self.split_name(split),
                                            class_names=tuple(d.class_names), policy=self.policy,

@@ -217,11 +217,9 @@ class BDLFMethod:
         if "fusion" not in variables["params"]:
             raise ValueError(f"config key 'bdlf.fusion_from': {src} has no fusion network")
         params = dict(state.params)
-        params["fusion"] = jax.device_put(variables["params"]["fusion"], trainer.replicated)
+        params["fusion"] = variables["params"]["fusion"]
         log.info("fusion network from %s (step %d)", src, step)
-        ema = params if state.ema_params is not None else None
-        return state.replace(params=params, opt_state=jax.jit(trainer.tx.init)(params),
-                             ema_params=ema)
+        return trainer.with_variables(state, params)
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -358,6 +356,8 @@ class BDLFMethod:
         """The aggregated hypergradient on iterations ``step % upper_every == 0``, else zeros."""
         theta = params["fusion"]
         b = self.cfg.bdlf
+        # Relative regulariser of the correction (bilevel.correction_coefficient); the node
+        # sits at the fused images, so it is weighed against |grad_u f|^2 there.
         eps = float(b.hyper_eps)
 
         def compute(_):

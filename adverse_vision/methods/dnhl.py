@@ -300,11 +300,8 @@ class DNHLMethod:
                 new["frozen"] = dict(self._loaded_high(other, variables))
                 log.info("frozen high-level network from %s (step %d)", cfg.dnhl.high_from, step)
         check_fit(new, current, "the loaded checkpoint")
-        new = jax.device_put(new, trainer.replicated)
         params = new.pop("params")
-        ema = params if state.ema_params is not None else None
-        return state.replace(params=params, model_state=new,
-                             opt_state=jax.jit(trainer.tx.init)(params), ema_params=ema)
+        return trainer.with_variables(state, params, model_state=new)
 
     # ------------------------------------------------------------------ training
     def _high_loss(self, logits, batch):

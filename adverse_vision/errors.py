@@ -1,0 +1,7 @@
+"""Errors that end a run with one readable line (see :mod:`adverse_vision.cli`)."""
+
+from __future__ import annotations
+
+
+class RunStopped(RuntimeError):
+    """A run stopped on purpose: the message says why, at which step, and what was kept."""

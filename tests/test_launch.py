@@ -1,0 +1,200 @@
+"""The launch scripts and the Colab notebook: syntax, the backend check of the scripts
+(run with fake python, pip, git and gcloud on PATH) and the notebook's failure handling."""
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch")
+SCRIPTS = sorted(n for n in os.listdir(LAUNCH) if n.endswith(".sh"))
+
+# Stand-ins for the programs the scripts call. python answers the backend check with
+# $FAKE_BACKEND (failing to import jax when it is empty) and logs a training start.
+_FAKES = {
+    "python": """
+        if [ "$1" = -c ]; then
+          [ -n "$FAKE_BACKEND" ] || { echo "ModuleNotFoundError: No module named 'jax'" >&2; exit 1; }
+          echo "some notice"; echo "$FAKE_BACKEND"
+        else
+          echo "train $*" >> "$FAKE_LOG"
+        fi
+    """,
+    "python3": """
+        [ "$1 $2 $3" = "-m venv .venv" ] && mkdir -p .venv/bin && : > .venv/bin/activate
+        echo "venv" >> "$FAKE_LOG"
+    """,
+    "pip": 'echo "pip $*" >> "$FAKE_LOG"',
+    "git": """
+        if [ "$1" = clone ]; then
+          target="${@: -1}"; mkdir -p "$target" && cp -r "$FAKE_LAUNCH" "$target/launch"
+        fi
+    """,
+    # gcloud: the TPU exists; ssh runs its --command here, as one worker would.
+    "gcloud": """
+        while [ $# -gt 0 ]; do
+          if [ "$1" = --command ]; then cd "$FAKE_HOME" && exec bash -c "$2"; fi
+          shift
+        done
+    """,
+}
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    """(environment, log file): the fakes first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in _FAKES.items():
+        path = bin_dir / name
+        path.write_text("#!/usr/bin/env bash\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    log = tmp_path / "log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_LOG=str(log),
+               FAKE_HOME=str(home), FAKE_LAUNCH=LAUNCH, CONFIG="configs/x.py:tiny",
+               WORKDIR="runs/x")
+    env.pop("ALLOW_CPU", None)
+    env.pop("VIRTUAL_ENV", None)
+    return env, log
+
+
+def _log(log) -> str:
+    return log.read_text() if log.exists() else ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_parse(script):
+    subprocess.run(["bash", "-n", os.path.join(LAUNCH, script)], check=True)
+
+
+def _gpu_checkout(tmp_path, with_venv: bool) -> str:
+    """A copy of the launch folder in a fake checkout; the path of its gpu.sh."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(LAUNCH, checkout / "launch")
+    if with_venv:
+        (checkout / ".venv" / "bin").mkdir(parents=True)
+        (checkout / ".venv" / "bin" / "activate").write_text("")
+    return str(checkout / "launch" / "gpu.sh")
+
+
+@pytest.mark.parametrize("backend, allow_cpu, trains, message", [
+    ("gpu", "", True, None),
+    ("cpu", "", False, "error: jax in .* runs on 'cpu', not 'gpu'.*pip install -U 'jax\\[cuda12\\]'"
+                       ".*ALLOW_CPU=1"),
+    ("cpu", "1", True, "warning: jax has no gpu here; training on the CPU"),
+    ("", "", False, "runs on 'nothing: importing jax failed', not 'gpu'"),
+])
+def test_gpu_script_checks_the_backend_of_a_reused_venv(tmp_path, fake_env, backend, allow_cpu,
+                                                         trains, message):
+    env, log = fake_env
+    env.update(FAKE_BACKEND=backend, ALLOW_CPU=allow_cpu)
+    proc = subprocess.run(["bash", _gpu_checkout(tmp_path, with_venv=True),
+                           "--config.seed=3"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode == 0) == trains, proc.stderr
+    if message:
+        assert re.search(message, proc.stderr), proc.stderr
+    expected = ("train -m adverse_vision.train --config configs/x.py:tiny --workdir runs/x "
+                "--config.seed=3\n")
+    assert _log(log) == (expected if trains else "")
+
+
+def test_gpu_script_makes_a_cuda_venv_when_there_is_none(tmp_path, fake_env):
+    env, log = fake_env
+    env.update(FAKE_BACKEND="gpu")
+    proc = subprocess.run(["bash", _gpu_checkout(tmp_path, with_venv=False)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    venv, pip, train = _log(log).splitlines()
+    assert venv == "venv" and "jax[cuda12]" in pip and train.startswith("train -m adverse")
+
+
+@pytest.mark.parametrize("backend, allow_cpu, trains", [
+    ("tpu", "", True), ("cpu", "", False), ("cpu", "1", True)])
+def test_tpu_script_checks_the_backend_on_the_worker(fake_env, backend, allow_cpu, trains):
+    env, log = fake_env
+    env.update(FAKE_BACKEND=backend, ALLOW_CPU=allow_cpu, TPU_NAME="t", ZONE="z",
+               REPO="https://example.com/adverse_vision.git", WORKDIR="gs://b/runs/x")
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), "--config.seed=3"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode == 0) == trains, proc.stderr
+    lines = _log(log).splitlines()
+    assert lines[0] == "venv" and "jax[tpu]" in lines[1]
+    if trains:
+        assert lines[2:] == ["train -m adverse_vision.train --config configs/x.py:tiny "
+                             "--workdir gs://b/runs/x --progress off --config.seed=3"]
+    else:
+        assert lines[2:] == []
+        assert "runs on 'cpu', not 'tpu'" in proc.stderr and "jax[tpu]" in proc.stderr
+
+
+def test_tpu_script_refuses_a_placeholder_repository(fake_env):
+    env, log = fake_env
+    env.update(TPU_NAME="t", ZONE="z", REPO="https://github.com/<you>/adverse_vision.git")
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "placeholder" in proc.stderr
+    assert _log(log) == ""
+
+
+# --------------------------------------------------------------------------- notebook
+
+def _notebook_code_cells() -> list[str]:
+    with open(os.path.join(LAUNCH, "colab.ipynb")) as f:
+        notebook = json.load(f)
+    return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+
+
+def _python(cell: str) -> str:
+    """A cell without its shell (``!``) and magic (``%``) lines."""
+    return "\n".join(line for line in cell.splitlines()
+                     if not line.lstrip().startswith(("!", "%")))
+
+
+def _training_cell(cells: list[str]) -> int:
+    return next(i for i, c in enumerate(cells) if "adverse_vision.train" in c)
+
+
+def test_notebook_cells_are_python():
+    for i, cell in enumerate(_notebook_code_cells()):
+        compile(_python(cell), f"colab.ipynb code cell {i}", "exec")
+
+
+def test_notebook_shell_lines_cannot_fail_silently():
+    for cell in _notebook_code_cells():
+        for line in cell.splitlines():
+            if line.lstrip().startswith("!"):
+                assert not re.search(r"<[A-Za-z_]+>", line), line  # read as a redirection
+                assert "|| true" not in line and "2>/dev/null" not in line, line
+
+
+def test_notebook_kernel_does_not_import_jax_before_training():
+    cells = _notebook_code_cells()
+    for cell in cells[:_training_cell(cells) + 1]:
+        for node in ast.walk(ast.parse(_python(cell))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "jax" or n.startswith("jax.") for n in names), cell
+
+
+def test_notebook_refuses_the_placeholder_and_stops_at_a_failed_command(capsys):
+    settings = _notebook_code_cells()[0]
+    with pytest.raises(ValueError, match="REPO_URL"):
+        exec(compile(settings, "settings", "exec"), {})
+    namespace = {}
+    set_url = re.sub(r'REPO_URL = ".*"', 'REPO_URL = "https://example.com/adverse_vision.git"',
+                     settings)
+    exec(compile(set_url, "settings", "exec"), namespace)
+    namespace["run"](sys.executable, "-c", "print('from the command')", cwd=None)
+    assert "from the command" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="failed with exit status 3"):
+        namespace["run"](sys.executable, "-c", "raise SystemExit(3)", cwd=None)
