@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class RunStopped(RuntimeError):
     """A run stopped on purpose: the message says why, at which step, and what was kept."""
+
+
+class DataError(ValueError):
+    """Bad dataset input. The message names the file (or key) and the reason."""

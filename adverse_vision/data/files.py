@@ -35,6 +35,8 @@ import os
 
 import numpy as np
 
+from adverse_vision.errors import DataError
+
 __all__ = ["ImageDecodeError", "read_gray", "read_id_list", "read_rgb"]
 
 # Pillow modes of 16-bit single-channel images.
@@ -112,7 +114,6 @@ def read_id_list(path: str, what: str = "id list") -> list[str]:
       DataError: the file cannot be read or is not UTF-8; the message names it as
         ``what``.
     """
-    from adverse_vision.data.problems import DataError  # pylint: disable=import-outside-toplevel
 
     try:
         with open(path, encoding="utf-8-sig") as f:

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from adverse_vision.data.files import ImageDecodeError, read_rgb
+from adverse_vision.errors import DataError  # the package's name for bad dataset input
 
 LOGGER_NAME = "adverse_vision.data"
 logger = logging.getLogger(LOGGER_NAME)
@@ -68,10 +69,6 @@ _POLICY_CHOICES = {
     "on_missing_image": ("skip", "error"),
     "on_bad_annotation": ("skip", "error"),
 }
-
-
-class DataError(ValueError):
-    """Bad dataset input. The message names the file (or key) and the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
