@@ -50,6 +50,13 @@ def load_config_file(spec: str):
     path, _, arg = spec.partition(":")
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path} not found")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(folder, "__init__.py")):
+        # A config in a package (configs/) imports its recipes from it (configs.common):
+        # the package's parent goes on the path, wherever the program was started.
+        parent = os.path.dirname(folder)
+        if parent not in sys.path:
+            sys.path.insert(0, parent)
     module_spec = importlib.util.spec_from_file_location("_adverse_vision_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -1,26 +1,28 @@
-r"""Run a trained workdir on image files: detections as JSON, labelled boxes, restorations.
+r"""Run a trained workdir on image files: detections as JSON, labelled boxes, and the
+images the method makes (restored, fused, ...).
 
   python -m adverse_vision.predict --workdir runs/tiny --images photos/ --out preds/ \
-      [--checkpoint best|latest] [--score_threshold 0.3] [--norestore] [--batch_size 8]
+      [--checkpoint best|latest] [--score_threshold 0.3] [--norestore] [--batch_size 8] \
+      [--infrared FOLDER]
 
-For each image (``.jpg``, ``.jpeg``, ``.png``, ``.bmp``; a folder is read
-non-recursively, in sorted order) it writes, in ``--out``:
+What is computed and written is the run's method's to say (see the prediction hooks
+of :class:`adverse_vision.methods.Method`). For each image (``.jpg``, ``.jpeg``,
+``.png``, ``.bmp``; a folder is read non-recursively, in sorted order) it writes, in
+``--out``:
 
-* ``<stem>.json``: ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2,
-  y2], "class", "class_id", "score"}, ...]}`` with boxes in pixels of the original
-  image, highest score first;
-* ``<stem>_boxes.jpg``: the image with the labelled boxes drawn;
-* ``<stem>_restored.png``: the restored (e.g. dehazed) image at the original size,
-  for methods that restore (TogetherNet), unless ``--norestore``.
+* for methods that detect, ``<stem>.json``: ``{"image", "width", "height",
+  "detections": [{"box": [x1, y1, x2, y2], "class", "class_id", "score"}, ...]}`` with
+  boxes in pixels of the original image, highest score first, and
+  ``<stem>_boxes.jpg``: the labelled boxes drawn on the image (or on the image the
+  method says its detector saw, e.g. a fused one);
+* ``<stem><suffix>`` for each image the method makes (e.g. ``_restored.png``,
+  ``_fused.png``), at the original size. Methods that restore images at an extra
+  cost (their ``restores``) leave the restoration out with ``--norestore``.
 
-Infrared-visible fusion runs (BDLF) take the visible images with ``--images`` and the
-infrared ones with ``--infrared FOLDER`` (paired by file stem; a visible image without
-its infrared twin is skipped with a warning) and write, besides the detections of a
-detection branch:
-
-* ``<stem>_fused.png``: the fused luminance (8-bit grey) at the original size;
-* ``<stem>_fused_rgb.png``: the fused colour image (the visible Cr/Cb kept);
-* ``<stem>_labels.png``: the segmenter's class indices, when the run has one.
+Methods that read an infrared image with each visible one (``predict_inputs``
+``("thermal",)``) take the visible images with ``--images`` and the infrared ones with
+``--infrared FOLDER``, paired by file stem; a visible image without its infrared twin
+is skipped with a warning.
 
 Images are decoded to RGB (EXIF orientation not applied, as in training), letterboxed
 to the trained ``image_size`` exactly as the evaluation pipeline does, and batched
@@ -33,13 +35,14 @@ Boxes are clipped to the image; those left smaller than ``MIN_BOX_SIZE`` are dro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
@@ -53,10 +56,6 @@ from adverse_vision.data import files
 log = logging.getLogger("adverse_vision")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-# Methods whose prediction can also return the restored image.
-RESTORING_METHODS = ("togethernet",)
-# Methods that fuse an infrared image with the visible one.
-FUSION_METHODS = ("bdlf",)
 # Boxes narrower or shorter than this (original pixels, after clipping to the image) are
 # dropped: boxes in the letterbox padding, and slivers that would collapse when the JSON
 # rounds coordinates to 0.01 px.
@@ -102,6 +101,17 @@ def read_infrared(path: str) -> np.ndarray:
         return files.read_gray(path)[..., None]
     except files.ImageDecodeError as e:
         raise ImageReadError(f"cannot read infrared image {path}: {e}") from None
+
+
+class ExtraInput(NamedTuple):
+    """How predict reads an image that a method needs with each visible one."""
+    flag: str  # names the folder of those images (paired with --images by file stem)
+    noun: str  # what the messages call them
+    read: Callable[[str], np.ndarray]  # one file -> uint8 (H, W, C)
+
+
+#: What a method may read with each visible image (its ``predict_inputs``).
+EXTRA_INPUTS: dict[str, ExtraInput] = {"thermal": ExtraInput("--infrared", "infrared", read_infrared)}
 
 
 def infrared_pairs(paths: Sequence[str], folder: str) -> list[Optional[str]]:
@@ -152,18 +162,18 @@ def boxes_to_original(boxes: np.ndarray, scale: float, offset: Sequence[float],
     return out
 
 
-def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float],
+def unletterbox_image(image: np.ndarray, scale: float, offset: Sequence[float],
                       height: int, width: int, value_range: tuple[float, float] = (-1.0, 1.0),
                       nearest: bool = False) -> np.ndarray:
     """A letterboxed (S, S, C) float image with values in ``value_range`` -> uint8
     (height, width, C): the padding is cropped (the same rounding as ``letterbox``) and
     the rest resized back (bicubic, or nearest for label maps, which are taken as is)."""
-    restored = np.asarray(restored, np.float32)
+    image = np.asarray(image, np.float32)
     lo, hi = value_range
     if nearest:
-        pixels = np.clip(restored, 0, 255).astype(np.uint8)
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
     else:
-        pixels = np.clip(np.round((restored - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+        pixels = np.clip(np.round((image - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
     squeeze = pixels.ndim == 3 and pixels.shape[-1] == 1
     if squeeze:
         pixels = pixels[..., 0]
@@ -172,7 +182,7 @@ def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float
     dx, dy = int(round(float(offset[0]))), int(round(float(offset[1])))
     crop = np.ascontiguousarray(pixels[dy:dy + new_h, dx:dx + new_w])
     if crop.shape[:2] != (new_h, new_w):
-        raise ValueError(f"restored image {pixels.shape} does not hold the letterbox window "
+        raise ValueError(f"letterboxed image {pixels.shape} does not hold the letterbox window "
                          f"{new_h}x{new_w} at ({dx}, {dy})")
     if (new_h, new_w) != (height, width):
         crop = np.asarray(Image.fromarray(crop).resize(
@@ -182,24 +192,15 @@ def unletterbox_image(restored: np.ndarray, scale: float, offset: Sequence[float
 
 # --------------------------------------------------------------------------- model
 
-def restoring_predict_fn(trainer, restore: bool) -> Optional[Callable]:
-    """For methods that restore images (``RESTORING_METHODS``): a jitted
-    ``fn(variables, batch) -> dict`` with the detections, plus ``"restored"``, the
-    letterboxed (B, S, S, 3) image in [-1, 1], when ``restore`` (the method's
-    ``predict_with_restoration``), or with the restoration skipped when not (its
-    ``predict(..., restore=False)``). None for other methods: ``trainer.predict`` then.
-    """
-    if trainer.cfg.method not in RESTORING_METHODS:
-        return None
+def predict_fn(trainer, restore: bool) -> Callable:
+    """The jitted ``fn(variables, batch) -> outputs`` of the trainer's method on image
+    files (its ``predict_fn``; ``restore``: with the restored image, for methods that
+    restore). When that is the method's evaluation prediction, the trainer's jitted
+    one, so that it compiles once."""
     method = trainer.method
-    if restore:
-        fn = getattr(method, "predict_with_restoration", None)
-        if fn is None:
-            raise ValueError(f"method {trainer.cfg.method!r} has no predict_with_restoration(); "
-                             "run with --norestore")
-    else:
-        def fn(variables, batch):
-            return method.predict(variables, batch, restore=False)
+    fn = method.predict_fn(bool(restore))
+    if fn == method.predict:
+        return trainer.predict
     return jax.jit(fn, in_shardings=(trainer.replicated, trainer.batch_sharding),
                    out_shardings=trainer.batch_sharding)
 
@@ -210,18 +211,20 @@ class Prediction:
     boxes: np.ndarray    # (N, 4) float32 xyxy
     scores: np.ndarray   # (N,) float32, descending
     classes: np.ndarray  # (N,) int32
-    restored: Optional[np.ndarray] = None  # uint8 (H, W, 3) or None
-    fused: Optional[np.ndarray] = None  # fusion: uint8 (H, W, 1) fused luminance
-    fused_rgb: Optional[np.ndarray] = None  # fusion: uint8 (H, W, 3)
-    labels: Optional[np.ndarray] = None  # segmentation: uint8 (H, W) class indices
+    # File suffix (e.g. "_restored.png") -> uint8 image at the original size.
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    # uint8 RGB image the boxes are drawn on; None: the input image.
+    canvas: Optional[np.ndarray] = None
 
 
 class Predictor:
     """Letterboxes, batches and runs a restored trainer on decoded images.
 
-    Every batch has the same static shape (``batch_size`` images, the last one padded
-    with zero images marked invalid), so the prediction compiles once. ``batch_size`` is
-    rounded up to a multiple of the device count.
+    What the network reads besides the visible image, whether it detects and which
+    images it makes come from the trainer's method. Every batch has the same static
+    shape (``batch_size`` images, the last one padded with zero images marked
+    invalid), so the prediction compiles once. ``batch_size`` is rounded up to a
+    multiple of the device count.
     """
 
     def __init__(self, trainer, variables, batch_size: int = 8, score_threshold: float = 0.3,
@@ -229,6 +232,16 @@ class Predictor:
         _check_options(score_threshold, batch_size)
         self.trainer = trainer
         self.variables = variables
+        self.method = trainer.method
+        self.method_name = trainer.cfg.method
+        self.inputs = tuple(self.method.predict_inputs)
+        unknown = [k for k in self.inputs if k not in EXTRA_INPUTS]
+        if unknown:
+            raise ValueError(f"method {self.method_name!r} reads {unknown} with each image; "
+                             f"predict can pair images with {tuple(EXTRA_INPUTS)} only")
+        self.restores = bool(restore) and bool(self.method.restores)
+        self.detects = bool(self.method.detects)
+        self._predict = predict_fn(trainer, self.restores)
         self.size = int(trainer.cfg.image_size)
         self.score_threshold = float(score_threshold)
         devices = trainer.mesh.devices.size
@@ -236,12 +249,7 @@ class Predictor:
         if self.batch_size != int(batch_size):
             log.info("batch size %d rounded up to %d, a multiple of the %d devices",
                      batch_size, self.batch_size, devices)
-        self.restores = bool(restore) and trainer.cfg.method in RESTORING_METHODS
-        self._predict = restoring_predict_fn(trainer, self.restores) or trainer.predict
         self.class_names = tuple(trainer.cfg.data.class_names)
-        # Fusion runs take (visible, infrared) pairs.
-        self.fuses = trainer.cfg.method in FUSION_METHODS
-        self.detects = not self.fuses or "detection" in tuple(trainer.cfg.bdlf.branches)
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The raw outputs (letterboxed coordinates) of one full batch, on the host:
@@ -256,78 +264,64 @@ class Predictor:
         global_batch = parallel.global_batch(local, self.trainer.mesh)
         return self._predict(self.variables, global_batch)
 
-    def _pack(self, images: list[np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    def _pack(self, records: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """``records``: ``{"image": RGB, <each of self.inputs>: ...}`` at the original size."""
         s, b = self.size, self.batch_size
         batch = {"image": np.zeros((b, s, s, 3), np.uint8), "valid": np.zeros((b,), bool),
                  "scale": np.ones((b,), np.float32), "offset": np.zeros((b, 2), np.float32),
                  "orig_size": np.zeros((b, 2), np.int32)}
-        if self.fuses:
-            batch["thermal"] = np.zeros((b, s, s, 1), np.uint8)
         metas = []
-        for i, image in enumerate(images):
-            if self.fuses:
-                image, thermal = image
-                boxed = letterbox({"image": image, "thermal": thermal}, s)
-                batch["thermal"][i] = boxed["thermal"]
-            else:
-                boxed = letterbox({"image": image}, s)
-            batch["image"][i] = boxed["image"]
+        for i, record in enumerate(records):
+            boxed = letterbox(record, s)
+            for key in ("image",) + self.inputs:
+                if key not in batch:
+                    batch[key] = np.zeros((b,) + boxed[key].shape, boxed[key].dtype)
+                batch[key][i] = boxed[key]
             batch["valid"][i] = True
             batch["scale"][i] = boxed["scale"]
             batch["offset"][i] = boxed["offset"]
             batch["orig_size"][i] = boxed["orig_size"]
+            h, w = record["image"].shape[:2]
             metas.append({"scale": float(boxed["scale"]), "offset": boxed["offset"],
-                          "height": image.shape[0], "width": image.shape[1]})
+                          "height": h, "width": w})
         return batch, metas
 
     def _unpack(self, outputs, metas: list[dict]) -> list[Prediction]:
         out = parallel.to_host(outputs)
         results = []
         for i, meta in enumerate(metas):
-            if "scores" not in out:  # no detector (e.g. a fusion run with a segmenter only)
-                results.append(Prediction(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
-                                          np.zeros((0,), np.int32), None, *self._fusion_outputs(out, i, meta)))
-                continue
-            keep = np.asarray(out["valid"][i], bool) & (out["scores"][i] >= self.score_threshold)
-            boxes = boxes_to_original(out["boxes"][i][keep], meta["scale"], meta["offset"],
-                                      meta["height"], meta["width"])
-            scores = np.asarray(out["scores"][i][keep], np.float32)
-            classes = np.asarray(out["classes"][i][keep], np.int32)
-            # A box inside the letterbox padding has no area left after clipping.
-            nonempty = ((boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIZE)
-                        & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIZE))
-            boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
-            order = np.argsort(-scores, kind="stable")
-            restored = None
-            if self.restores:
-                restored = unletterbox_image(out["restored"][i], meta["scale"], meta["offset"],
-                                             meta["height"], meta["width"])
-            results.append(Prediction(boxes[order], scores[order], classes[order], restored,
-                                      *self._fusion_outputs(out, i, meta)))
+            to_original = functools.partial(unletterbox_image, **meta)
+            images = dict(self.method.prediction_images(out, i, to_original))
+            canvas = images.pop("canvas", None)
+            results.append(Prediction(*self._detections(out, i, meta), images, canvas))
         return results
 
-    def _fusion_outputs(self, out, i: int, meta: dict) -> tuple:
-        """(fused, fused_rgb, labels) of image ``i`` at its original size, or Nones."""
-        if not self.fuses:
-            return None, None, None
-        geometry = (meta["scale"], meta["offset"], meta["height"], meta["width"])
-        fused = unletterbox_image(out["fused"][i], *geometry, value_range=(0.0, 1.0))
-        rgb = unletterbox_image(out["fused_rgb"][i], *geometry, value_range=(0.0, 1.0))
-        labels = None
-        if "segmentation" in out:
-            labels = unletterbox_image(out["segmentation"][i][..., None], *geometry,
-                                       nearest=True)[..., 0]
-        return fused, rgb, labels
+    def _detections(self, out, i: int, meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes, scores, classes) of image ``i`` in its original pixels, best first."""
+        if not self.detects:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+        keep = np.asarray(out["valid"][i], bool) & (out["scores"][i] >= self.score_threshold)
+        boxes = boxes_to_original(out["boxes"][i][keep], meta["scale"], meta["offset"],
+                                  meta["height"], meta["width"])
+        scores = np.asarray(out["scores"][i][keep], np.float32)
+        classes = np.asarray(out["classes"][i][keep], np.int32)
+        # A box inside the letterbox padding has no area left after clipping.
+        nonempty = ((boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIZE)
+                    & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIZE))
+        boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+        order = np.argsort(-scores, kind="stable")
+        return boxes[order], scores[order], classes[order]
 
     def predict_batches(self, items):
-        """``items``: iterable of (key, image or None). Yields (key, Prediction or None) in
-        order; None images are passed through (unreadable files). One batch is computed
-        on the device while the next one is decoded and letterboxed."""
-        pending = None  # (outputs, metas, keys)
-        waiting: list = []  # (key, image) not yet dispatched, including None images
-        for key, image in items:
-            waiting.append((key, image))
-            if sum(im is not None for _, im in waiting) == self.batch_size:
+        """``items``: iterable of (key, record or None), a record being ``{"image": RGB,
+        <each of self.inputs>: ...}`` at the original size. Yields (key, Prediction or
+        None) in order; None records are passed through (unreadable files). One batch is
+        computed on the device while the next one is decoded and letterboxed."""
+        pending = None  # (outputs, metas, waiting)
+        waiting: list = []  # (key, record) not yet dispatched, including None records
+        for key, record in items:
+            waiting.append((key, record))
+            if sum(r is not None for _, r in waiting) == self.batch_size:
                 if pending is not None:
                     yield from self._finish(*pending)
                 pending = self._dispatch(waiting)
@@ -340,18 +334,18 @@ class Predictor:
             yield from self._finish(*pending)
 
     def _dispatch(self, waiting):
-        images = [im for _, im in waiting if im is not None]
+        records = [r for _, r in waiting if r is not None]
         outputs = None
         metas: list[dict] = []
-        if images:
-            batch, metas = self._pack(images)
+        if records:
+            batch, metas = self._pack(records)
             outputs = self._run(batch)
         return outputs, metas, waiting
 
     def _finish(self, outputs, metas, waiting):
         preds = iter(self._unpack(outputs, metas)) if outputs is not None else iter(())
-        for key, image in waiting:
-            yield key, (next(preds) if image is not None else None)
+        for key, record in waiting:
+            yield key, (next(preds) if record is not None else None)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -370,22 +364,19 @@ def detections_json(name: str, height: int, width: int, pred: Prediction,
 def _write_outputs(out: str, stem: str, path: str, image: np.ndarray, pred: Prediction,
                    class_names: Sequence[str], detects: bool = True) -> None:
     h, w = image.shape[:2]
-    if pred.fused is not None:
-        Image.fromarray(pred.fused[..., 0]).save(os.path.join(out, f"{stem}_fused.png"))
-        Image.fromarray(pred.fused_rgb).save(os.path.join(out, f"{stem}_fused_rgb.png"))
-        image = pred.fused_rgb  # the detections are drawn on what the detector saw
-    if pred.labels is not None:
-        Image.fromarray(pred.labels).save(os.path.join(out, f"{stem}_labels.png"))
+    for suffix, picture in pred.images.items():
+        if picture.ndim == 3 and picture.shape[-1] == 1:
+            picture = picture[..., 0]  # one channel: an 8-bit grey file
+        Image.fromarray(picture).save(os.path.join(out, f"{stem}{suffix}"))
     if not detects:
         return
     record = detections_json(os.path.basename(path), h, w, pred, class_names)
     with open(os.path.join(out, f"{stem}.json"), "w") as f:
         json.dump(record, f, indent=2)
-    drawn = draw_lib.draw_detections(image, pred.boxes, pred.classes, pred.scores, class_names)
+    canvas = image if pred.canvas is None else pred.canvas
+    drawn = draw_lib.draw_detections(canvas, pred.boxes, pred.classes, pred.scores, class_names)
     Image.fromarray(drawn).save(os.path.join(out, f"{stem}_boxes.jpg"), quality=95,
                                 subsampling=0)  # 4:4:4 keeps thin coloured lines sharp
-    if pred.restored is not None:
-        Image.fromarray(pred.restored).save(os.path.join(out, f"{stem}_restored.png"))
 
 
 def _check_options(score_threshold: float, batch_size: int) -> None:
@@ -404,39 +395,48 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
     The summary has ``images`` (how many were predicted), ``detections`` (their total),
     ``skipped`` (``[(path, reason), ...]`` of unreadable files), ``restored`` (whether
     restorations were written) and ``out``. Unreadable files are skipped with one
-    warning each; ``ValueError`` when none could be read. Fusion runs need
-    ``infrared``, the infrared file of each path (None: skipped with a warning).
+    warning each; ``ValueError`` when none could be read. Methods that read an
+    infrared image with each visible one need ``infrared``, the infrared file of each
+    path (None: skipped with a warning).
     """
-    if predictor.fuses and infrared is None:
-        raise ValueError(f"method {predictor.trainer.cfg.method!r} fuses infrared and visible "
-                         "images: give the infrared folder (--infrared)")
+    paired = {"thermal": infrared}
+    for key in predictor.inputs:
+        if paired.get(key) is None:
+            spec = EXTRA_INPUTS[key]
+            raise ValueError(f"method {predictor.method_name!r} reads {spec.noun} images with "
+                             f"the visible ones: give their folder ({spec.flag})")
     cli.check_path(out, "--out")
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(out, exist_ok=True)
     stems = output_stems(paths)
     skipped: list[tuple[str, str]] = []
-    decoded: dict[int, np.ndarray] = {}
+    decoded: dict[int, dict[str, np.ndarray]] = {}
+
+    def read(i: int, path: str) -> dict[str, np.ndarray]:
+        record = {"image": read_image(path)}
+        h, w = record["image"].shape[:2]
+        for key in predictor.inputs:
+            spec, other = EXTRA_INPUTS[key], paired[key][i]
+            if other is None:
+                raise ImageReadError(f"no {spec.noun} image with the stem of {path}")
+            record[key] = spec.read(other)
+            if record[key].shape[:2] != (h, w):
+                raise ImageReadError(
+                    f"{spec.noun} image {other} is {record[key].shape[1]}x{record[key].shape[0]}, "
+                    f"its visible twin {path} {w}x{h}")
+        return record
 
     def items():
         for i, path in enumerate(paths):
             try:
-                decoded[i] = read_image(path)
-                if predictor.fuses:
-                    if infrared[i] is None:
-                        raise ImageReadError(f"no infrared image with the stem of {path}")
-                    thermal = read_infrared(infrared[i])
-                    if thermal.shape[:2] != decoded[i].shape[:2]:
-                        raise ImageReadError(
-                            f"infrared image {infrared[i]} is {thermal.shape[1]}x{thermal.shape[0]}, "
-                            f"its visible twin {path} {decoded[i].shape[1]}x{decoded[i].shape[0]}")
+                decoded[i] = read(i, path)
             except ImageReadError as e:
-                decoded.pop(i, None)
                 log.warning("%s; skipped", e)
                 skipped.append((path, str(e)))
                 yield i, None
                 continue
-            yield i, (decoded[i], thermal) if predictor.fuses else decoded[i]
+            yield i, decoded[i]
 
     if progress is None:
         progress = sys.stderr.isatty() and writer
@@ -448,7 +448,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
             bar.update(1)
             if pred is None:
                 continue
-            image = decoded.pop(i)
+            image = decoded.pop(i)["image"]
             done += 1
             detections += len(pred.scores)
             if writer:
@@ -483,9 +483,14 @@ def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best"
     predictor = Predictor(trainer, variables, batch_size=batch_size,
                           score_threshold=score_threshold, restore=restore)
     if restore and not predictor.restores:
-        log.info("method %r does not restore images: writing detections only",
-                 trainer.cfg.method)
-    pairs = infrared_pairs(paths, infrared) if infrared else None
+        log.info("method %r makes no restored images", predictor.method_name)
+    pairs = None
+    if infrared:
+        if "thermal" in predictor.inputs:
+            pairs = infrared_pairs(paths, infrared)
+        else:
+            log.warning("--infrared %s ignored: method %r reads no infrared images",
+                        infrared, predictor.method_name)
     return {"step": int(step), **predict_files(predictor, paths, out, progress=progress,
                                                infrared=pairs)}
 
@@ -501,8 +506,8 @@ def _define_flags():
     flags.DEFINE_string("images", None, "An image file or a folder of images "
                         "(jpg, jpeg, png, bmp; not recursive).")
     flags.DEFINE_string("out", None, "Output folder (created when missing).")
-    flags.DEFINE_string("infrared", None, "Fusion runs: the folder of infrared images, "
-                        "paired with --images by file stem.")
+    flags.DEFINE_string("infrared", None, "The folder of infrared images, paired with "
+                        "--images by file stem (methods that read one with each visible image).")
     flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                       "The best checkpoint by the validation metric, or the latest.")
     flags.DEFINE_float("score_threshold", 0.3, "Keep detections with at least this score.")

@@ -14,7 +14,6 @@ import logging
 from absl import flags
 
 from adverse_vision import cli
-from adverse_vision import config as config_lib
 from adverse_vision import parallel
 
 _CONFIG = cli.define_config_flag()
@@ -27,7 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main() -> int:
     # A bad workdir or config ends the program before anything is built.
     cli.check_path(_WORKDIR.value, "--workdir")
-    cfg = config_lib.validate(_CONFIG.value)
+    cfg = _CONFIG.value  # validated by the trainer, before anything is built
     parallel.maybe_initialize_distributed()
     from adverse_vision import trainer  # pylint: disable=import-outside-toplevel
     trainer.log_to_stderr(logging.INFO)

@@ -1,21 +1,24 @@
 """The generic training loop: state, sharding, steps, evaluation, checkpoints, logging.
 
-A method (``adverse_vision.methods``) supplies the model-specific parts: how to
-initialise variables, the loss, the prediction for evaluation and the evaluator. This
-module owns everything else, identically for every method:
+The run's method (found by ``cfg.method`` in :mod:`adverse_vision.methods`) supplies
+the model-specific parts: how to initialise variables, the loss, the prediction for
+evaluation, the evaluator and its data. This module owns everything else, identically
+for every method:
 
 * one ``("data",)`` mesh, one jitted train step with explicit shardings and a donated
   state, per-step randomness by ``fold_in(seed key, step)``;
 * orbax checkpoints of the state and the data iterator (resume by rerunning the same
-  command), the best checkpoint by the method's validation metric kept;
-* SIGTERM saves and exits cleanly; a non-finite loss stops the run naming the step;
+  command), the best checkpoint by the metric of ``cfg.best_eval`` kept;
+* the evaluations of ``cfg.evals``, each on its own data and cadence, logged under its
+  name;
+* SIGTERM and Ctrl-C save and exit cleanly; anything non-finite stops the run naming the
+  step before it is logged or saved;
 * metrics as JSON lines and TensorBoard events, the resolved config beside them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -25,7 +28,6 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,16 +35,24 @@ import numpy as np
 import optax
 
 from adverse_vision import checkpoint as ckpt_lib
-from adverse_vision import config as config_lib
 from adverse_vision import errors
+from adverse_vision import methods as methods_lib
 from adverse_vision import optim
 from adverse_vision import parallel
-from adverse_vision import methods as methods_lib
+from adverse_vision import workdir as workdir_lib
+from adverse_vision.convert import pretrained
 from adverse_vision.data import factory as data_factory
 from adverse_vision.data.problems import DataError
 from adverse_vision.logs import MetricWriter, Progress
+from adverse_vision.state import TrainState, abstract_state, create_state, make_optimizer
 
 log = logging.getLogger("adverse_vision")
+
+# Names kept here for the programs and notebooks that use them from the trainer.
+load_workdir_config = workdir_lib.load_config
+save_config = workdir_lib.save_config
+write_json = workdir_lib.write_json
+check_config_change = workdir_lib.check_config_change
 
 
 class NonFiniteLossError(errors.RunStopped):
@@ -50,43 +60,25 @@ class NonFiniteLossError(errors.RunStopped):
     the step and the last good checkpoint."""
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    model_state: Any  # non-trained collections, e.g. BatchNorm statistics
-    opt_state: Any
-    ema_params: Any  # None when EMA is off
-
-    def eval_variables(self) -> dict[str, Any]:
-        params = self.ema_params if self.ema_params is not None else self.params
-        return {"params": params, **self.model_state}
-
-
 class Trainer:
     """Builds the state and jitted steps of one config on one mesh."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh=None):
-        self.cfg = config_lib.validate(cfg)
+        self.cfg = methods_lib.validate(cfg)
         self.mesh = mesh if mesh is not None else parallel.make_mesh()
         self.method = methods_lib.build(cfg)
-        make_optimizer = getattr(self.method, "make_optimizer", None)
-        self.tx, self.schedule = make_optimizer() if make_optimizer else optim.make_optimizer(cfg)
+        self.tx, self.schedule = make_optimizer(self.method, cfg)
         self.replicated = parallel.replicated(self.mesh)
         self.batch_sharding = parallel.data_sharding(self.mesh)
         self.base_rng = jax.random.PRNGKey(cfg.seed)
+        self.best_metric = workdir_lib.best_metric(cfg, self.method)
         self._train_step = None
         self._predict = None
         self._all_finite = None
 
     # ----------------------------------------------------------------- state
     def _create_state(self, rng: jax.Array) -> TrainState:
-        variables = self.method.init_variables(rng)
-        params = variables.pop("params")
-        ema = params if self.cfg.optimizer.ema_decay > 0 else None
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          model_state=dict(variables), opt_state=self.tx.init(params),
-                          ema_params=ema)
+        return create_state(self.method, self.tx, rng, self.cfg.optimizer.ema_decay > 0)
 
     def with_variables(self, state: TrainState, params: Any,
                        model_state: Optional[dict[str, Any]] = None) -> TrainState:
@@ -99,7 +91,8 @@ class Trainer:
             ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.replicated)(params)
         if model_state is not None:
             state = state.replace(model_state=jax.device_put(model_state, self.replicated))
-        return state.replace(params=params, opt_state=jax.jit(self.tx.init)(params),
+        opt_state = jax.jit(self.tx.init, out_shardings=self.replicated)(params)
+        return state.replace(params=params, opt_state=opt_state,
                              ema_params=ema)
 
     @property
@@ -121,9 +114,23 @@ class Trainer:
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state, without computing it."""
-        shapes = jax.eval_shape(self._create_state, self.base_rng)
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        return abstract_state(self.method, self.tx, self.cfg.optimizer.ema_decay > 0,
+                              self.replicated)
+
+    def start_state(self) -> TrainState:
+        """The state a new run starts from: fresh, then what the method loads from
+        earlier runs (``prepare_state``), then the pretrained weights of
+        ``model.init_from`` for methods that take them (``init_rules``)."""
+        state = self.init_state()
+        prepare = getattr(self.method, "prepare_state", None)
+        if prepare is not None:
+            state = prepare(state, self)
+        init_from = self.cfg.model.get("init_from", "")
+        if self.method.init_rules is not None and init_from:
+            filled = pretrained.load_into(state, init_from, self.method.init_rules,
+                                          self.cfg.method)
+            state = self.with_variables(state, filled.pop("params"), model_state=filled)
+        return state
 
     # ----------------------------------------------------------------- steps
     def _step(self, state: TrainState, batch: dict[str, jax.Array], variant: Any = None):
@@ -155,7 +162,7 @@ class Trainer:
     def train_step(self) -> "_TrainStep":
         """``train_step(state, batch, step=None) -> (state, metrics)``, jitted.
 
-        Methods with a ``step_variant(step)`` (BDLF: whether an iteration takes the
+        Methods with a ``step_variant(step)`` (e.g. whether an iteration takes the
         upper-level step) get one compiled program per variant, chosen on the host from
         ``step`` (read from the state when not given), instead of a ``lax.cond`` inside
         one program (XLA:CPU runs the branches of a conditional many times slower)."""
@@ -181,7 +188,7 @@ class Trainer:
                  predict: Optional[Callable] = None) -> tuple[dict[str, float], Any]:
         """One pass over an evaluation pipeline; returns (metrics, evaluator).
         ``predict(batch) -> outputs`` replaces the method's prediction with
-        ``variables`` (a method's own comparisons, e.g. DN-HL's denoisers)."""
+        ``variables`` (a method's own comparisons, e.g. of several denoisers)."""
         evaluator = self.method.make_evaluator()
         with contextlib.closing(iter(pipeline)) as batches:  # stops its worker processes
             for local in batches:
@@ -294,97 +301,26 @@ class _Preemption:
             signal.signal(sig, previous)
 
 
-def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
-
-
-# Keys a resumed run may change: how long it runs and how often it logs, evaluates and
-# saves. Any other change would alter the model, the data or the method under the
-# checkpoints already in the workdir (or, for data.num_workers, the structure of the
-# saved data iterator's state).
-RESUMABLE_CHANGES = ("total_steps", "eval_every", "checkpoint_every", "log_every",
-                     "keep_checkpoints")
-
-
-def check_config_change(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """Compares ``cfg`` with the config a resumed ``workdir`` was trained with; returns the
-    allowed changes (``RESUMABLE_CHANGES``) as ``key: old -> new`` lines and raises
-    ConfigError naming the keys of any other change."""
-    saved = load_workdir_config(workdir)
-    before, after = dict(_leaves(saved)), dict(_leaves(cfg))
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    refused = [k for k in changed if k not in RESUMABLE_CHANGES]
-    if refused:
-        shown = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in refused[:5])
-        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
-        raise config_lib.ConfigError(
-            f"{workdir} holds checkpoints of another config ({shown}{more}); resume it with "
-            f"the config in its config.json, or train in a new workdir (a resumed run may "
-            f"change only {', '.join(RESUMABLE_CHANGES)})")
-    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed]
-
-
-def _leaves(cfg: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
-    """(dotted key, value) of every value of a config, JSON-normalised for comparison."""
-    plain = json.loads(cfg.to_json_best_effort(sort_keys=True))
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from walk(v, f"{prefix}{k}.")
-        else:
-            yield prefix[:-1], node
-    return list(walk(plain, ""))
-
-
-def write_json(path: str, value: Any) -> None:
-    """Strict JSON (``null``, never ``NaN``, for a value that is not a finite number)."""
-    with open(path, "w") as f:
-        json.dump(_strict(value), f, indent=2, default=str, allow_nan=False)
-
-
-def _strict(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        progress: Optional[bool] = None) -> dict[str, Any]:
     """Trains ``cfg`` in ``workdir``, resuming from the last checkpoint there."""
     trainer = Trainer(cfg)
     os.makedirs(workdir, exist_ok=True)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=cfg.keep_checkpoints,
-                                 best_metric=trainer.method.best_metric)
+    ckpt = workdir_lib.checkpointer(workdir, cfg, trainer.method, keep=cfg.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
-    if resuming and os.path.exists(os.path.join(workdir, "config.json")):
-        for change in check_config_change(cfg, workdir):
+    if resuming and os.path.exists(workdir_lib.config_path(workdir)):
+        for change in workdir_lib.check_config_change(cfg, workdir):
             log.warning("resumed with a changed config: %s", change)
-    save_config(cfg, workdir)
+    workdir_lib.save_config(cfg, workdir)
     per_host = parallel.per_host_batch_size(cfg.batch_size, trainer.mesh)
-    data = data_factory.DataBundle(cfg, per_host_batch=per_host)
+    data = data_factory.DataBundle(cfg, per_host_batch=per_host, method=trainer.method)
     train_iter = data.train_iterator()
 
     if resuming:
         state, start = ckpt.restore(trainer.abstract_state(), train_iter)
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
-        state = trainer.init_state()
-        prepare = getattr(trainer.method, "prepare_state", None)
-        if prepare is not None:  # methods whose runs start from earlier stages
-            state = prepare(state, trainer)
-        elif cfg.model.init_from:
-            from adverse_vision.convert import pretrained  # pylint: disable=import-outside-toplevel
-            state = pretrained.init_state_from(state, cfg.model.init_from, cfg)
+        state = trainer.start_state()
     start = int(jax.device_get(state.step))
 
     writer = MetricWriter(workdir)
@@ -393,7 +329,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     summary: dict[str, Any] = {"start_step": start, "preempted": False}
     window = _Window()
     invalid_samples = 0
-    last_eval: dict[str, float] = {}
+    last_evals: dict[str, dict[str, float]] = {}
     t_start = time.time()
     step = start
     try:
@@ -407,8 +343,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 window.add(step, metrics)
                 bar.update(step)
                 log_now = step % cfg.log_every == 0 or step == cfg.total_steps
-                eval_now = step % cfg.eval_every == 0 or step == cfg.total_steps
-                save_now = eval_now or step % cfg.checkpoint_every == 0 or preempt.requested
+                evals_now = [name for name, entry in cfg.evals.items()
+                             if step % (entry.every or cfg.eval_every) == 0
+                             or step == cfg.total_steps]
+                save_now = (bool(evals_now) or step % cfg.checkpoint_every == 0
+                            or preempt.requested)
                 if log_now or save_now:
                     window.check(trainer, state, ckpt, data)
                 if log_now:
@@ -416,13 +355,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     scalars.update(bar.rates())
                     writer.write(step, {f"train/{k}": v for k, v in scalars.items()})
                     bar.set_postfix(loss=scalars["loss"], img_s=scalars["images_per_s"])
-                if eval_now:
-                    last_eval, _ = trainer.evaluate(state.eval_variables(), data.val_pipeline())
-                    writer.write(step, {f"val/{k}": v for k, v in last_eval.items()})
-                    log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                evaluated = {}
+                for name in evals_now:
+                    metrics, _ = trainer.evaluate(state.eval_variables(), data.eval_pipeline(name))
+                    last_evals[name] = metrics
+                    evaluated.update({f"{name}/{k}": v for k, v in metrics.items()})
+                    log.info("step %d: %s", step, ", ".join(f"{name}/{k} {v:.4f}"
+                                                            for k, v in metrics.items()))
+                if evaluated:
+                    writer.write(step, evaluated)
                 if save_now:
-                    ckpt.save(step, state, train_iter,
-                              metrics={f"val/{k}": v for k, v in last_eval.items()} if eval_now else None)
+                    ckpt.save(step, state, train_iter, metrics=evaluated or None)
                 if preempt.requested:
                     summary["preempted"] = True
                     break
@@ -439,58 +382,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
             "final_step": step, "seconds": elapsed,
             "steps_per_second": (step - start) / max(elapsed, 1e-9),
             "invalid_samples": invalid_samples, "data_problems": data.problems_summary(),
-            "val": last_eval, "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
+            "val": last_evals.get(cfg.best_eval, {}), "evals": last_evals,
+            "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
         })
         if jax.process_index() == 0:
-            write_json(os.path.join(workdir, "summary.json"), summary)
+            workdir_lib.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
 
 
 def restore_for_eval(workdir: str, which: str = "best"):
-    """(trainer, eval variables, step) from the best or latest checkpoint of a workdir."""
-    cfg = load_workdir_config(workdir)
-    trainer = Trainer(cfg)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 best_metric=trainer.method.best_metric)
-    step = ckpt.best_step() if which == "best" else None
-    if step is None:
-        step = ckpt.latest_step()
-    if step is None:
-        raise ckpt_lib.CheckpointError(f"no checkpoint in {ckpt.directory}")
-    state, step = ckpt.restore(trainer.abstract_state(), step=step)
-    ckpt.close()
-    return trainer, state.eval_variables(), step
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (its ``config.json``), validated."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-    with open(path) as f:
-        loaded = _lists_to_tuples(json.load(f))
-    # A workdir written before a config group existed lacks it: the defaults fill in.
-    _fill_defaults(loaded, config_lib.base_config())
-    return config_lib.validate(ml_collections.ConfigDict(loaded))
-
-
-def _fill_defaults(loaded: dict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
-    for key, ref in reference.items():
-        path = prefix + key
-        if key not in loaded:
-            loaded[key] = ref.to_dict() if isinstance(ref, ml_collections.ConfigDict) else ref
-        elif (isinstance(ref, ml_collections.ConfigDict) and isinstance(loaded[key], dict)
-              and not config_lib.is_free(path)):
-            _fill_defaults(loaded[key], ref, path + ".")
-
-
-def _lists_to_tuples(x: Any) -> Any:
-    """JSON turns the config's tuples into lists; configs hold no lists of their own."""
-    if isinstance(x, dict):
-        return {k: _lists_to_tuples(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return tuple(_lists_to_tuples(v) for v in x)
-    return x
+    """(trainer, eval variables, step) from the best (by the ranking metric; the latest
+    when none was evaluated) or latest checkpoint of a workdir."""
+    cfg, _, state, step = workdir_lib.restore_state(workdir, which)
+    return Trainer(cfg), state.eval_variables(), step
 
 
 def log_to_stderr(level: int = logging.INFO) -> None:

@@ -24,13 +24,14 @@ Variants: ``fusion``, ``visible``, ``infrared`` (baselines), ``gradnorm``, ``ran
 model sizes, ``bf16``.
 """
 
-from adverse_vision.config import base_config, bdlf_official, bdlf_variants, degrade_spec
+from adverse_vision import methods
+from adverse_vision.config import degrade_spec
+from configs.common import bdlf_official, bdlf_variants
 from adverse_vision.data.fusion_pairs import M3FD_CLASSES
 
 
 def get_config(arg: str = ""):
-    c = base_config()
-    c.method = "bdlf"
+    c = methods.config("bdlf")
     c.data.name = "m3fd"
     c.data.root = ""  # set by flag
     c.data.class_names = M3FD_CLASSES

@@ -16,13 +16,14 @@ Variants: ``fusion``, ``visible``, ``infrared`` (baselines), ``gradnorm``, ``ran
 ``bf16``.
 """
 
-from adverse_vision.config import base_config, bdlf_official, bdlf_variants, degrade_spec
+from adverse_vision import methods
+from adverse_vision.config import degrade_spec
+from configs.common import bdlf_official, bdlf_variants
 from adverse_vision.data.fusion_pairs import MFNET_CLASSES
 
 
 def get_config(arg: str = ""):
-    c = base_config()
-    c.method = "bdlf"
+    c = methods.config("bdlf")
     c.data.name = "mfnet"
     c.data.root = ""  # set by flag
     c.data.train_split = "train"

@@ -26,19 +26,13 @@ Variants (comma-separated tokens after the colon):
   gradnorm, random    the aggregation rule of the branch hypergradients.
   seg       adds a DeepLab-LargeFOV segmentation branch on the scenes' masks.
   official  BDLF's optimisation recipe (SGD for every network, see
-            ``adverse_vision.config.bdlf_official``).
+            ``configs/common.py:bdlf_official``).
   nano, s, m, l, x, bf16, clear   as in every config.
 """
 
-from adverse_vision.config import (
-    base_config,
-    bdlf_official,
-    bdlf_variants,
-    cpu_optimizer,
-    degrade_spec,
-    scenes_default,
-    set_degrade_mixture,
-)
+from adverse_vision import methods
+from adverse_vision.config import degrade_spec, set_degrade_mixture
+from configs.common import bdlf_official, bdlf_variants, cpu_optimizer, scenes_default
 
 #: Train steps of the ``tiny`` CPU run.
 TINY_STEPS = 400
@@ -50,9 +44,8 @@ def night_and_fog():
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("bdlf")
     scenes_default(c)
-    c.method = "bdlf"
     c.batch_size = 16
     set_degrade_mixture(c, "degrade", night_and_fog())
     set_degrade_mixture(c, "val_degrade", night_and_fog())

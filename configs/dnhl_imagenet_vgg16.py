@@ -19,11 +19,12 @@ default (``:official`` for the Caffe form, whose output is 6 px smaller, so the
 classifier then needs ``dnhl.high_head=avg``).
 """
 
-from adverse_vision.config import base_config, dnhl_base, dnhl_variants
+from adverse_vision import methods
+from configs.common import dnhl_base, dnhl_variants
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("dnhl")
     dnhl_base(c, "classification")
     c.data.name = "class_folder"
     c.data.root = ""  # set by flag

@@ -25,7 +25,8 @@ Variants (comma-separated tokens after the colon):
   bf16     compute in bfloat16.
 """
 
-from adverse_vision.config import base_config, dnhl_base, dnhl_tiny, dnhl_variants
+from adverse_vision import methods
+from configs.common import dnhl_base, dnhl_tiny, dnhl_variants
 
 CLASSES = ("person", "bicycle", "car", "motorbike", "bus")
 #: Train steps of each ``tiny`` stage.
@@ -33,7 +34,7 @@ TINY_STEPS = 600
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("dnhl")
     dnhl_base(c, "classification")
     c.data.name = "scenes_crops"
     c.data.class_names = CLASSES

@@ -16,7 +16,8 @@ joint training through the frozen segmenter with L = CE + 7.8e-4 * MSE_255 and S
 learning rates follow the project's warm-up / cosine schedule.
 """
 
-from adverse_vision.config import base_config, dnhl_base, dnhl_variants
+from adverse_vision import methods
+from configs.common import dnhl_base, dnhl_variants
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -24,7 +25,7 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("dnhl")
     dnhl_base(c, "segmentation")
     c.data.name = "voc_seg"
     c.data.root = ""  # set by flag

@@ -17,8 +17,8 @@ Variants (comma-separated tokens after the colon):
   clear    train and evaluate without fog (the restoration target is then the input).
 """
 
-from adverse_vision.config import (apply_variant_tokens, base_config, scenes_default,
-                                   scenes_smoke, scenes_tiny)
+from adverse_vision import methods
+from configs.common import SIZES, scenes_default, scenes_smoke, scenes_tiny, variants
 
 #: Train steps of the ``tiny`` CPU run. One step (batch 16 at 160 px) measured 1.47 s
 #: on an idle 2-core CPU (`bench`), so 400 steps, two evaluations and compilation take
@@ -27,9 +27,8 @@ TINY_STEPS = 400
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("togethernet")
     scenes_default(c)
-    c.method = "togethernet"
     c.model.loss = "togethernet"
     c.model.det_weight = 0.2
     c.model.restore_weight = 0.8
@@ -51,4 +50,4 @@ def get_config(arg: str = ""):
         c.checkpoint_every = 100
         c.data.num_train = 1600
 
-    return apply_variant_tokens(c, arg, {"tiny": tiny, "smoke": smoke})
+    return variants(c, arg, {"tiny": tiny, "smoke": smoke}, after=SIZES)

@@ -21,31 +21,27 @@ with ``batch_size``); no EMA; loss 0.2 x detection (focal objectness) + 0.8 x MS
 The official augmentation: flip, random scale 0.25-2 with aspect jitter 0.3, HSV.
 
 Variants (comma-separated tokens after the colon):
-  rtts     evaluation on RTTS (4,322 real hazy images in VOC layout, test only; Foggy
-           Driving in VOC layout the same way): the class map
-           ``{"motorcycle": "motorbike"}``, the image set ``test`` and no added fog
-           (the images are hazy already, so there is no clear reference and no PSNR).
+  rtts     a second evaluation, ``rtts``, on RTTS (4,322 real hazy images in VOC
+           layout, test only; Foggy Driving in VOC layout the same way): the class
+           map ``{"motorcycle": "motorbike"}``, the image set ``test`` and no added
+           fog (the images are hazy already, so there is no clear reference and no
+           PSNR); give its folder with ``--config.evals.rtts.data.root=/data/RTTS``.
+           It is logged as ``rtts/mAP`` beside ``val/mAP``; checkpoints are still
+           ranked by ``val`` (``--config.best_eval=rtts`` to change that).
   nano, tiny, s, m, l, x   choose the model size (default s).
   bf16     compute in bfloat16 (parameters, BatchNorm statistics and losses float32).
   clear    train and evaluate without fog.
 
-Flags: any key can be overridden with ``--config.key=value``, except dictionaries:
-``data.class_map`` cannot be given on the command line (its keys are data, not
-config keys), hence the ``rtts`` token. The evaluate program scores a workdir with
-the config saved in it; to score a VOC-FOG run on RTTS, build the RTTS config and
-reuse the run's variables::
-
-    from adverse_vision import cli, parallel, trainer as trainer_lib
-    from adverse_vision.data.factory import DataBundle
-    _, variables, _ = trainer_lib.restore_for_eval("runs/tn_vocfog")
-    cfg = cli.load_config_file("configs/togethernet_vocfog.py:rtts")
-    cfg.data.root = "/data/RTTS"
-    tr = trainer_lib.Trainer(cfg)
-    data = DataBundle(cfg, parallel.per_host_batch_size(cfg.batch_size, tr.mesh))
-    metrics, evaluator = tr.evaluate(variables, data.val_pipeline("test"))
+Flags: any key can be overridden with ``--config.key=value``, except whole
+dictionaries: ``data.class_map`` cannot be given on the command line (its keys are
+data, not config keys), hence the ``rtts`` token. ``python -m adverse_vision.evaluate
+--workdir runs/tn_vocfog`` scores every evaluation of the saved config;
+``--eval rtts`` one of them.
 """
 
-from adverse_vision.config import apply_variant_tokens, base_config
+from adverse_vision import methods
+from adverse_vision.config import eval_entry
+from configs.common import SIZES, variants
 
 CLASS_NAMES = ("person", "bicycle", "car", "motorbike", "bus")
 #: VOC-FOG training images (VOC 2007 + 2012 trainval images with one of the 5 classes).
@@ -61,8 +57,7 @@ def _haze():
 
 
 def get_config(arg: str = ""):
-    c = base_config()
-    c.method = "togethernet"
+    c = methods.config("togethernet")
     c.model.size = "s"
     c.model.loss = "togethernet"
     c.model.det_weight = 0.2
@@ -104,9 +99,11 @@ def get_config(arg: str = ""):
     c.optimizer.ema_decay = 0.0
 
     def real_haze_test_set(c):
-        # Real hazy images: the class names of RTTS / Foggy Driving and no added fog.
-        c.data.class_map = {"motorcycle": "motorbike"}
-        c.data.val_split = "test"
-        c.data.val_degrade = {"name": "none"}
+        # A second evaluation on real hazy images: the class names of RTTS / Foggy
+        # Driving, their image set "test" and no added fog; its folder is given with
+        # --config.evals.rtts.data.root.
+        c.evals.rtts = eval_entry("test", root="", val_split="test",
+                                  val_degrade={"name": "none"},
+                                  class_map={"motorcycle": "motorbike"})
 
-    return apply_variant_tokens(c, arg, {"rtts": real_haze_test_set})
+    return variants(c, arg, {"rtts": real_haze_test_set}, after=SIZES)

@@ -11,15 +11,14 @@ Variants (comma-separated tokens after the colon):
   clear    train and evaluate without fog.
 """
 
-from adverse_vision.config import (apply_variant_tokens, base_config, scenes_default,
-                                   scenes_smoke, scenes_tiny)
+from adverse_vision import methods
+from configs.common import SIZES, scenes_default, scenes_smoke, scenes_tiny, variants
 
 
 def get_config(arg: str = ""):
-    c = base_config()
+    c = methods.config("detection")
     scenes_default(c)
-    c.method = "detection"
     c.model.loss = "yolox"
     c.optimizer.ema_decay = 0.9998
 
-    return apply_variant_tokens(c, arg, {"tiny": scenes_tiny, "smoke": scenes_smoke})
+    return variants(c, arg, {"tiny": scenes_tiny, "smoke": scenes_smoke}, after=SIZES)

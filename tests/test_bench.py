@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
-from adverse_vision import bench
+import jax
+import jax.numpy as jnp
+
+from adverse_vision import bench, methods
+from adverse_vision.data import catalog
 from configs import yolox_scenes
 from tests.helpers import dnhl_smoke_config
 
@@ -54,3 +58,54 @@ def test_bench_bdlf_reports_fusion_rate_and_hypergradient_overhead():
     assert r["train_flops_per_step"] == r["bilevel_mean_flops_per_step"] == (hyper + lower) / 2
     text = bench.format_result(r)
     assert "fusion network alone" in text and "hypergradient overhead" in text
+
+
+@methods.register("bench_test_gain")
+class _GainMethod(methods.Method):
+    """One gain on clean scene images, registered outside the package: the benchmark
+    reaches its train timing, its own entries and its report line through the hooks."""
+
+    datasets = {"scenes": catalog.scenes_segmentation}
+
+    def init_variables(self, rng):
+        del rng
+        return {"params": {"gain": jnp.ones(())}}
+
+    def make_pipeline(self, bundle, source, *, train, seed, data_cfg):
+        return catalog.dense_pipeline(bundle, source, train=train, seed=seed,
+                                      data_cfg=data_cfg, task="denoise")
+
+    def loss_fn(self, params, model_state, batch, rng, step):
+        del rng, step
+        x = batch["image"].astype(jnp.float32) / 255.0
+        loss = jnp.mean((params["gain"] * x - x) ** 2)
+        return loss, (model_state, {})
+
+    def predict(self, variables, batch):
+        return {"out": variables["params"]["gain"] * batch["image"].astype(jnp.float32)}
+
+    def bench_train(self, bench, trainer, state, batch, steps):
+        measured, entries = super().bench_train(bench, trainer, state, batch, steps)
+        return measured, dict(entries, gain_train_steps=steps)
+
+    def bench_extra(self, bench, variables, batch, steps):
+        gain = bench.measure(jax.jit(lambda v, x: v["params"]["gain"] * x),
+                             (variables, batch["image"].astype(jnp.float32)), steps)
+        return {"gain_batch_s": gain.seconds, "gain_flops": gain.flops}
+
+    @staticmethod
+    def bench_lines(result):
+        return [f"gain alone  {result['gain_batch_s'] * 1e3:.2f} ms"]
+
+
+def test_bench_reads_any_method_through_its_hooks():
+    cfg = methods.config("bench_test_gain")
+    cfg.image_size, cfg.batch_size = 32, 8
+    cfg.data.num_train, cfg.data.num_val, cfg.data.scene_size = 8, 4, 64
+    cfg.data.num_workers = 0
+    r = bench.run(cfg, steps=1, infer_steps=1, infer_size=16)
+    assert r["config"]["method"] == "bench_test_gain" and r["gain_train_steps"] == 1
+    assert r["gain_batch_s"] > 0 and r["gain_flops"] > 0
+    assert r["train_flops_per_step"] > 0 and r["infer_image_size"] == 16
+    lines = bench.format_result(r).splitlines()
+    assert lines[-2].startswith("gain alone") and lines[-1].startswith("MFU")

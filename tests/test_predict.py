@@ -1,6 +1,7 @@
 """Prediction on image files: JSON structure, boxes in original pixels, drawn boxes,
 unreadable files, batching, checkpoint choice and the command line."""
 
+import functools
 import json
 import logging
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -15,13 +17,13 @@ from PIL import Image
 
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import draw as draw_lib
-from adverse_vision import parallel, predict
+from adverse_vision import methods, parallel, predict
 from adverse_vision import trainer as trainer_lib
-from adverse_vision.data import augment
+from adverse_vision.data import augment, catalog
 from adverse_vision.data.scenes import ScenesSource
 from adverse_vision.methods.detection import normalize_images
 from adverse_vision.models.layers import BN_MOMENTUM
-from configs import togethernet_scenes, yolox_scenes
+from configs import dnhl_scenes_cls, togethernet_scenes, yolox_scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (height, width) of the test images: square at the trained size, wide, tall, small.
@@ -429,5 +431,160 @@ def test_togethernet_writes_restored_images(togethernet, images, tmp_path):
 
     # Without restoration (--norestore) the decoder is not run: no "restored" output.
     assert not predict.Predictor(tr, variables, restore=False).restores
-    shapes = jax.eval_shape(predict.restoring_predict_fn(tr, restore=False), variables, batch)
+    shapes = jax.eval_shape(predict.predict_fn(tr, restore=False), variables, batch)
     assert "restored" not in shapes and shapes["boxes"].shape == (8, 10, 4)
+
+
+# --------------------------------------------------------------------------- any method
+
+@methods.register("predict_test_mix")
+class _MixMethod(methods.Method):
+    """A method without a network, read through the prediction hooks only: it pairs an
+    infrared image with each visible one, makes their mean (its grey output) and, when
+    asked to restore, the inverted visible image; it does not detect."""
+
+    datasets = {"scenes": catalog.scenes}
+    predict_inputs = ("thermal",)
+    restores = True
+
+    def init_variables(self, rng):
+        del rng
+        return {"params": {"gain": jnp.ones(())}}
+
+    def predict(self, variables, batch, restore=False):
+        grey = batch["image"].astype(jnp.float32).mean(-1, keepdims=True)
+        mix = (grey + batch["thermal"].astype(jnp.float32)) / 510.0
+        out = {"mix": mix * variables["params"]["gain"]}
+        if restore:
+            out["inverted"] = 1.0 - batch["image"].astype(jnp.float32) / 255.0
+        return out
+
+    def predict_fn(self, restore):
+        return functools.partial(self.predict, restore=restore)
+
+    def prediction_images(self, outputs, i, to_original):
+        images = {"_mix.png": to_original(outputs["mix"][i], value_range=(0.0, 1.0))}
+        if "inverted" in outputs:
+            images["_inverted.png"] = to_original(outputs["inverted"][i], value_range=(0.0, 1.0))
+        return images
+
+
+@methods.register("predict_test_mix_boxes")
+class _MixBoxesMethod(_MixMethod):
+    """Also detects: one fixed box per image, drawn on the inverted image (its canvas)."""
+
+    @property
+    def detects(self):
+        return True
+
+    def predict(self, variables, batch, restore=False):
+        out = super().predict(variables, batch, restore=True)
+        b = batch["image"].shape[0]
+        out.update(boxes=jnp.tile(jnp.asarray([[[4.0, 4.0, 20.0, 20.0]]]), (b, 1, 1)),
+                   scores=jnp.full((b, 1), 0.9), classes=jnp.zeros((b, 1), jnp.int32),
+                   valid=jnp.ones((b, 1), bool))
+        return out
+
+    def prediction_images(self, outputs, i, to_original):
+        images = super().prediction_images(outputs, i, to_original)
+        images["canvas"] = images.pop("_inverted.png")
+        return images
+
+
+@methods.register("predict_test_silent")
+class _SilentMethod(methods.Method):
+    """Neither detects nor makes images."""
+
+    datasets = {"scenes": catalog.scenes}
+
+
+def _trainer(name, image_size=32):
+    cfg = methods.config(name)
+    cfg.image_size = image_size
+    return trainer_lib.Trainer(cfg)
+
+
+def test_any_method_predicts_through_its_hooks(tmp_path):
+    """A method registered outside the package: its extra input is read from --infrared
+    (paired by stem), its images are written at the original size under its suffixes,
+    --norestore leaves the restoration out, and nothing of detection is written."""
+    tr = _trainer("predict_test_mix")
+    variables = {"params": {"gain": np.ones((), np.float32)}}
+    vis, ir = tmp_path / "vis", tmp_path / "ir"
+    vis.mkdir()
+    ir.mkdir()
+    rng = np.random.default_rng(0)
+    pairs = {}
+    for stem, (h, w) in {"square": (32, 32), "wide": (20, 50), "alone": (30, 30)}.items():
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(vis / f"{stem}.png")
+        if stem != "alone":
+            thermal = rng.integers(0, 256, (h, w), dtype=np.uint8)
+            Image.fromarray(thermal).save(ir / f"{stem}.png")
+            pairs[stem] = (rgb, thermal)
+    paths = predict.list_images(str(vis))
+    infrared = predict.infrared_pairs(paths, str(ir))
+
+    predictor = predict.Predictor(tr, variables, batch_size=8)
+    assert predictor.inputs == ("thermal",) and predictor.restores and not predictor.detects
+    with pytest.raises(ValueError, match=r"'predict_test_mix' reads infrared images.*--infrared"):
+        predict.predict_files(predictor, paths, str(tmp_path / "none"), progress=False)
+    summary = predict.predict_files(predictor, paths, str(tmp_path / "out"), progress=False,
+                                    infrared=infrared)
+    assert summary["images"] == 2 and summary["detections"] == 0 and summary["restored"] is True
+    assert [p for p, _ in summary["skipped"]] == [str(vis / "alone.png")]
+    assert "no infrared image with the stem of" in summary["skipped"][0][1]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "square_inverted.png", "square_mix.png", "wide_inverted.png", "wide_mix.png"]
+    rgb, thermal = pairs["square"]  # at the trained size: no resampling, exact values
+    expected = np.round((rgb.astype(np.float32).mean(-1) + thermal) / 510.0 * 255.0)
+    mix = np.asarray(Image.open(tmp_path / "out" / "square_mix.png"))
+    assert mix.shape == (32, 32) and np.abs(mix.astype(int) - expected).max() <= 1
+    inverted = np.asarray(Image.open(tmp_path / "out" / "square_inverted.png"))
+    np.testing.assert_array_equal(inverted, 255 - rgb)
+    assert np.asarray(Image.open(tmp_path / "out" / "wide_mix.png")).shape == (20, 50)
+    assert np.asarray(Image.open(tmp_path / "out" / "wide_inverted.png")).shape == (20, 50, 3)
+
+    plain = predict.Predictor(tr, variables, restore=False)
+    summary = predict.predict_files(plain, paths, str(tmp_path / "plain"), progress=False,
+                                    infrared=infrared)
+    assert summary["restored"] is False
+    assert sorted(os.listdir(tmp_path / "plain")) == ["square_mix.png", "wide_mix.png"]
+
+
+def test_detections_are_drawn_on_the_canvas_a_method_gives(tmp_path):
+    tr = _trainer("predict_test_mix_boxes")
+    path = tmp_path / "a.png"
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "a_ir.png")
+    predictor = predict.Predictor(tr, {"params": {"gain": np.ones((), np.float32)}},
+                                  score_threshold=0.5)
+    out = tmp_path / "out"
+    summary = predict.predict_files(predictor, [str(path)], str(out), progress=False,
+                                    infrared=[str(tmp_path / "a_ir.png")])
+    assert summary["detections"] == 1
+    assert sorted(os.listdir(out)) == ["a.json", "a_boxes.jpg", "a_mix.png"]  # canvas not written
+    assert [d["box"] for d in _load(str(out), "a")["detections"]] == [[4.0, 4.0, 20.0, 20.0]]
+    drawn = np.asarray(Image.open(out / "a_boxes.jpg")).astype(float)
+    on_canvas = draw_lib.draw_detections(255 - rgb, [[4, 4, 20, 20]], [0], [0.9],
+                                         tr.cfg.data.class_names)
+    assert np.abs(drawn - on_canvas).mean() < 10 < np.abs(drawn - rgb).mean()
+
+
+def test_method_without_prediction_is_refused_in_one_line():
+    """A method that neither detects nor makes images, and a denoising run, have
+    nothing for predict to write: one readable error before anything runs."""
+    for tr in (_trainer("predict_test_silent"),
+               trainer_lib.Trainer(dnhl_scenes_cls.get_config("tiny,denoise"))):
+        with pytest.raises(ValueError, match=rf"method '{tr.cfg.method}' has no prediction "
+                                             r"for image files") as err:
+            predict.Predictor(tr, {})
+        assert "\n" not in str(err.value)
+
+
+def test_unknown_extra_input_is_refused(monkeypatch):
+    tr = _trainer("predict_test_mix")
+    monkeypatch.setattr(_MixMethod, "predict_inputs", ("depth",))
+    with pytest.raises(ValueError, match=r"reads \['depth'\] with each image.*'thermal'"):
+        predict.Predictor(tr, {})

@@ -10,6 +10,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 from adverse_vision import config as config_lib
+from adverse_vision import methods
 from adverse_vision import trainer as trainer_lib
 from adverse_vision.data import factory
 from configs import togethernet_scenes, togethernet_vocfog
@@ -24,7 +25,7 @@ VARIANTS = {
 @pytest.mark.parametrize("module,arg", [(m, a) for m, args in VARIANTS.items() for a in args])
 def test_every_variant_validates(module, arg):
     cfg = module.get_config(arg)
-    assert config_lib.validate(cfg) is cfg
+    assert methods.validate(cfg) is cfg
     assert cfg.method == "togethernet" and cfg.model.loss == "togethernet"
     assert (cfg.model.det_weight, cfg.model.restore_weight) == (0.2, 0.8)
     assert cfg.model.restore_target == "signed"
@@ -58,10 +59,12 @@ def test_vocfog_recipe():
     for spec in (cfg.data.degrade, cfg.data.val_degrade):
         assert spec.to_dict() == {"name": "haze", "A": (0.5, 0.5), "beta": (0.05, 0.14)}
     assert (cfg.data.train_split, cfg.data.val_split) == ("train", "val")
-    rtts = togethernet_vocfog.get_config("rtts")
-    assert rtts.data.class_map.to_dict() == {"motorcycle": "motorbike"}
-    assert rtts.data.val_degrade.name == "none" and rtts.data.val_split == "test"
-    assert rtts.data.degrade.name == "haze"
+    rtts = togethernet_vocfog.get_config("rtts")  # a second evaluation, on real haze
+    real = rtts.evals.rtts
+    assert real.split == "test" and real.data.class_map.to_dict() == {"motorcycle": "motorbike"}
+    assert real.data.val_degrade.name == "none" and real.data.val_split == "test"
+    assert rtts.data.degrade.name == "haze" and rtts.data.val_degrade.name == "haze"
+    assert sorted(rtts.evals) == ["rtts", "val"] and rtts.best_eval == "val"
 
 
 def _voc_root(tmp_path):
@@ -84,7 +87,7 @@ def _small(cfg, root):
     cfg.batch_size = 2
     cfg.data.num_workers = 0
     cfg.data.max_boxes = 4
-    return config_lib.validate(cfg)
+    return methods.validate(cfg)
 
 
 def _real(batch, i):
@@ -114,7 +117,10 @@ def test_vocfog_builds_a_fogged_voc_pipeline(tmp_path):
     assert np.abs(hazy.astype(int) - clean).mean() > 3
 
     rtts = _small(togethernet_vocfog.get_config("rtts"), cfg.data.root)
-    test = next(iter(factory.DataBundle(rtts, per_host_batch=2).val_pipeline("test")))
+    with pytest.raises(ValueError, match="config key 'evals.rtts.data.root' is empty"):
+        factory.DataBundle(rtts, per_host_batch=2).eval_pipeline("rtts")
+    rtts.evals.rtts.data.root = cfg.data.root
+    test = next(iter(factory.DataBundle(rtts, per_host_batch=2).eval_pipeline("rtts")))
     assert test["valid"].tolist() == [True, False]  # one image, padded
     assert test["classes"][0][test["box_mask"][0]].tolist() == [3]  # motorcycle -> motorbike
     np.testing.assert_array_equal(test["image"], test["clean"])  # real haze: nothing added

@@ -23,7 +23,7 @@ def test_library_info_logs_only_with_verbose(tmp_path):
            "--config.data.num_workers=0", "--workdir", str(tmp_path / "run"), "--progress", "off"]
     quiet = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
-    assert "adverse_vision: step 2: mAP" in quiet.stderr  # the project's own log stays
+    assert "adverse_vision: step 2: val/mAP" in quiet.stderr  # the project's own log stays
     assert _library_info_lines(quiet.stderr) == []
 
     # The same command again resumes at the last step: orbax restores, nothing compiles.

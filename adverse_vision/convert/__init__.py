@@ -1,33 +1,28 @@
 """Importing weights of the official PyTorch implementations.
 
     from adverse_vision.convert import load_official
-    model, variables = load_official("togethernet", "togethernet_s.pth", num_classes=5, size="s")
-    out = model.apply(variables, images, train=False, restore=True)
+    model, variables = load_official(network, "official.pth", num_classes=5, size="s")
+    out = model.apply(variables, images, train=False)
 
-``load_official(name, state_dict, ...)`` builds the flax model and fills every one of
-its variables from an official state dict. ``state_dict`` is a mapping of official
-keys to arrays (numpy arrays, or anything with ``.detach().cpu().numpy()`` or
-``__array__``), or a path to a ``.pth``/``.pt`` checkpoint (read without PyTorch, see
-``torch_pickle``) or an ``.npz`` archive. Keys may carry the ``module.`` prefix of
-``DataParallel``; checkpoints nesting the weights under ``model`` or ``state_dict``
-(the YOLOX release uses ``model``) are unpacked. An ``.npz`` (or mapping) in the
-project's reference format (``q/<key>`` int8 codes times ``s/<key>`` scales,
-``f/<key>`` other entries, ``*_nchw`` test arrays) is decoded to its state dict.
+``load_official(network, state_dict, ...)`` builds the flax model of an official
+network and fills every one of its variables from an official state dict. The
+networks are those the methods declare (``Method.converters``, looked up by
+:func:`adverse_vision.methods.converter`): each names its flax module, the key rules
+of its official checkpoints (see :mod:`adverse_vision.convert.keys`), the official
+keys without a counterpart, the inputs that trace its variables and whether it is
+built with a class count. ``state_dict`` is a mapping of official keys to arrays
+(numpy arrays, or anything with ``.detach().cpu().numpy()`` or ``__array__``), or a
+path to a ``.pth``/``.pt`` checkpoint (read without PyTorch, see ``torch_pickle``) or
+an ``.npz`` archive. Keys may carry the ``module.`` prefix of ``DataParallel``;
+checkpoints nesting the weights under ``model`` or ``state_dict`` are unpacked. An
+``.npz`` (or mapping) in the project's reference format (``q/<key>`` int8 codes times
+``s/<key>`` scales, ``f/<key>`` other entries, ``*_nchw`` test arrays) is decoded to
+its state dict.
 
 Loading is strict by default: a checkpoint key that maps to nothing or a model
 variable left unfilled is an error listing them; ``strict=False`` loads the matching
 part and keeps freshly initialised values for the rest (``exclude`` drops official
 keys by regular expression first, e.g. a classifier with another class count).
-
-Networks: ``"togethernet"`` (``adverse_vision.models.togethernet.TogetherNet``),
-``"yolox"`` (``adverse_vision.models.yolox.YOLOX``; Megvii and bubbliiiing keys) and
-``"bdlfusion"`` (``adverse_vision.models.bdlf.BDLFusion``: the fusion network under
-``fusion.`` and the critic under ``critic.``, or the official training checkpoint's
-``enhance_net.`` and ``discriminator.``; its FCOS detector, ``denoise_net.``, has no
-counterpart in the project and is skipped)::
-
-    model, variables = load_official("bdlfusion", "model_meta1_40.pth")
-    out = model.apply(variables, ir, vis_y, train=False)   # {"fused", "critic"}
 """
 
 from __future__ import annotations
@@ -39,11 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from adverse_vision.convert.togethernet import (
-    BDLF_IGNORED,
-    BDLF_RULES,
-    TOGETHERNET_RULES,
-    YOLOX_RULES,
+from adverse_vision import methods
+from adverse_vision.convert.keys import (
     convert_state_dict,
     flatten,
     infer_num_classes,
@@ -56,29 +48,15 @@ from adverse_vision.convert.torch_pickle import (
 )
 
 __all__ = [
-    "NETWORKS",
     "TorchPickleError",
     "export_workdir",
-    "init_state_from",
+    "load_into",
     "load_official",
     "load_pretrained",
     "load_pth",
     "read_state_dict",
     "reference_state_dict",
 ]
-
-#: Network name -> (model class import path, key rules).
-NETWORKS: dict[str, tuple[str, tuple]] = {
-    "togethernet": ("adverse_vision.models.togethernet:TogetherNet", TOGETHERNET_RULES),
-    "yolox": ("adverse_vision.models.yolox:YOLOX", YOLOX_RULES),
-    "bdlfusion": ("adverse_vision.models.bdlf:BDLFusion", BDLF_RULES),
-}
-
-#: Network name -> official keys (regular expressions) that have no counterpart and are skipped.
-IGNORED: dict[str, tuple[str, ...]] = {"bdlfusion": BDLF_IGNORED}
-
-#: Networks without classes; they are built from ``model_kwargs`` alone.
-_CLASSLESS = ("bdlfusion",)
 
 
 def _to_numpy(value: Any, key: str, source: str) -> np.ndarray:
@@ -176,15 +154,15 @@ def load_official(
     """Builds network ``name`` and fills its variables from an official state dict.
 
     Args:
-      name: ``"togethernet"``, ``"yolox"`` or ``"bdlfusion"``.
+      name: an official network a method declares (``Method.converters``).
       state_dict: mapping of official keys to arrays, or a ``.pth``/``.pt``/``.npz`` path.
-      num_classes: class count; inferred from ``head.cls_preds.0.weight`` when None
-        (detectors only).
-      size: YOLOX size name or ``(depth, width)`` of the checkpoint (detectors only).
+      num_classes: class count of a network built with classes; inferred from
+        ``head.cls_preds.0.weight`` when None.
+      size: model size name or ``(depth, width)`` of a network built with classes.
       strict: error on unused checkpoint keys or unfilled variables.
       exclude: regular expressions; matching official keys are dropped first.
       rng: key for the variables a non-strict load leaves unfilled (default key 0).
-      init_size: side of the dummy input used to trace the variable shapes.
+      init_size: side of the dummy inputs that trace the variable shapes.
       **model_kwargs: further model attributes (``dtype``, ``act``, ...).
 
     Returns:
@@ -198,29 +176,26 @@ def load_official(
     import jax
     import jax.numpy as jnp
 
-    if name not in NETWORKS:
-        raise ValueError(f"load_official: unknown network {name!r}; choose one of "
-                         f"{tuple(NETWORKS)}")
-    cls_path, rules = NETWORKS[name]
+    try:
+        _, converter = methods.converter(name)
+    except ValueError as e:
+        raise ValueError(f"load_official: {e}") from None
     sd = read_state_dict(state_dict)
-    patterns = [re.compile(p) for p in tuple(exclude) + IGNORED.get(name, ())]
+    patterns = [re.compile(p) for p in tuple(exclude) + tuple(converter.ignored)]
     if patterns:
         sd = {k: v for k, v in sd.items() if not any(p.search(k) for p in patterns)}
-    if name in _CLASSLESS:
-        model = _model_class(cls_path)(**model_kwargs)
-        x = jnp.zeros((1, init_size, init_size, 1), jnp.float32)
-        inputs = (x, x)
-    else:
+    if converter.takes_classes:
         if num_classes is None:
             num_classes = infer_num_classes(sd)
             if num_classes is None:
                 raise ValueError(f"load_official({name!r}): num_classes not given and the "
                                  "checkpoint has no 'head.cls_preds.0.weight' to infer it from")
-        model = _model_class(cls_path)(num_classes=num_classes, size=size, **model_kwargs)
-        inputs = (jnp.zeros((1, init_size, init_size, 3), jnp.float32),)
+        model_kwargs = dict(model_kwargs, num_classes=num_classes, size=size)
+    model = _model_class(converter.model)(**model_kwargs)
+    inputs = tuple(jnp.asarray(x) for x in converter.inputs(init_size))
     rng = jax.random.key(0) if rng is None else rng
     abstract = jax.eval_shape(lambda k: model.init(k, *inputs, train=False), rng)
-    filled, _unused, missing = convert_state_dict(sd, abstract, rules, strict=strict,
+    filled, _unused, missing = convert_state_dict(sd, abstract, converter.rules, strict=strict,
                                                   name=f"load_official({name!r})")
     if missing:  # only when not strict: fresh values for what the checkpoint lacks
         init = model.init(rng, *inputs, train=False)
@@ -234,6 +209,6 @@ def load_official(
 # After the definitions above, which the pretrained-weights module uses.
 from adverse_vision.convert.pretrained import (  # noqa: E402  pylint: disable=wrong-import-position
     export_workdir,
-    init_state_from,
+    load_into,
     load_pretrained,
 )

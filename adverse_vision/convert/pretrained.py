@@ -2,23 +2,25 @@
 
 Two uses:
 
-* **Starting a run from pretrained weights** (``model.init_from``):
-  :func:`init_state_from` fills a fresh train state from an official checkpoint
-  (YOLOX COCO weights in the Megvii or bubbliiiing key layout, a TogetherNet
-  checkpoint; ``.pth``/``.pt``/``.npz``) or from a project run (a workdir, its
-  ``checkpoints/`` folder or one ``checkpoints/<step>`` folder). Every tensor whose
-  name and shape match a variable of the current model is loaded; the rest (for
-  example the class head of a checkpoint with another class count) keeps its fresh
-  initialisation. What was loaded and what was not is logged. The optimiser state is
-  initialised again from the loaded parameters, and the EMA parameters (when the
-  config uses EMA) start equal to them.
+* **Starting a run from pretrained weights** (``model.init_from``, for methods that
+  declare ``init_rules``): :func:`load_into` gives the variables of a fresh train
+  state with every tensor of an official checkpoint (``.pth``/``.pt``/``.npz``, its
+  keys mapped by the method's rules) or of a project run (a workdir, its
+  ``checkpoints/`` folder or one ``checkpoints/<step>`` folder) whose name and shape
+  match a variable of the current model; the rest (for example the class head of a
+  checkpoint with another class count) keeps its fresh initialisation. What was
+  loaded and what was not is logged. The trainer then starts from those variables
+  with a fresh optimiser state and, when the config uses EMA, EMA parameters equal to
+  them (``Trainer.start_state``).
 
 * **Turning an official checkpoint into a project workdir** (:func:`export_workdir`,
   the ``python -m adverse_vision.convert`` program): a ``config.json`` and a step-0
   checkpoint holding a complete train state, which ``evaluate`` and
-  ``trainer.restore_for_eval`` load like a trained run. Here every tensor must fit:
-  an unused checkpoint key, a model variable the checkpoint lacks or a shape that
-  differs is an error naming them.
+  ``trainer.restore_for_eval`` load like a trained run. The network's converter,
+  declared by the method that reads its weights (``Method.converters``), gives the
+  key rules and the default config. Here every tensor must fit: an unused checkpoint
+  key, a model variable the checkpoint lacks or a shape that differs is an error
+  naming them.
 
 From a project run, the evaluation weights are taken (the EMA parameters when that
 run kept them) from the best checkpoint by its validation metric, or the latest when
@@ -30,15 +32,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 
 from adverse_vision import convert as convert_lib
-from adverse_vision.convert.togethernet import (
-    TOGETHERNET_RULES,
-    YOLOX_RULES,
+from adverse_vision import methods as methods_lib
+from adverse_vision import workdir as workdir_lib
+from adverse_vision.convert.keys import (
     convert_state_dict,
     flatten,
     infer_num_classes,
@@ -48,13 +51,7 @@ from adverse_vision.convert.togethernet import (
 
 log = logging.getLogger("adverse_vision.convert")
 
-#: ``--method`` of the converter -> (config ``method``, key rules, default config file).
-CONVERT_METHODS: dict[str, tuple[str, tuple, str]] = {
-    "togethernet": ("togethernet", TOGETHERNET_RULES, "configs/togethernet_scenes.py"),
-    "yolox": ("detection", YOLOX_RULES, "configs/yolox_scenes.py"),
-}
-
-#: The 80 COCO classes in the order of the official YOLOX releases' class ids.
+#: The 80 COCO classes in the order of the class ids of official COCO releases.
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
@@ -214,45 +211,22 @@ def _run_location(path: str) -> tuple[str, Optional[int]]:
 def restore_run_variables(path: str) -> tuple[dict, int]:
     """The evaluation variables (EMA parameters when kept) of a project run, as numpy
     arrays, and the step they come from."""
-    from adverse_vision import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-
     workdir, step = _run_location(path)
-    cfg = trainer_lib.load_workdir_config(workdir)
-    trainer = trainer_lib.Trainer(cfg)
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise ckpt_lib.CheckpointError(f"no checkpoint in {directory}")
-    ckpt = ckpt_lib.Checkpointer(directory, best_metric=trainer.method.best_metric)
-    try:
-        if step is None:
-            step = ckpt.best_step()
-        if step is None:
-            step = ckpt.latest_step()
-        if step is None:
-            raise ckpt_lib.CheckpointError(f"no checkpoint in {ckpt.directory}")
-        if step not in ckpt.all_steps():
-            raise ckpt_lib.CheckpointError(f"no checkpoint of step {step} in {ckpt.directory}")
-        state, step = ckpt.restore(trainer.abstract_state(), step=step)
-    finally:
-        ckpt.close()
-    import jax  # pylint: disable=import-outside-toplevel
-    return jax.device_get(state.eval_variables()), step
+    _, variables, step = workdir_lib.restore_variables(workdir, "best" if step is None else step)
+    return variables, step
 
 
-def rules_for(cfg) -> tuple:
-    """Key rules for the model of a config's method."""
-    return TOGETHERNET_RULES if cfg.method == "togethernet" else YOLOX_RULES
-
-
-def load_pretrained(path: str, variables: Mapping, cfg) -> tuple[dict, LoadReport]:
+def load_pretrained(path: str, variables: Mapping, rules: tuple,
+                    method: str = "") -> tuple[dict, LoadReport]:
     """The variables of ``variables``' structure that ``path`` provides, by name and shape.
 
     Args:
       path: official checkpoint file or project run directory (see the module doc).
       variables: the current model's variables ``{"params": ..., "batch_stats": ...}``
         (arrays or ``jax.ShapeDtypeStruct``).
-      cfg: the run's config (its method picks the key rules of official checkpoints).
+      rules: the key rules of an official checkpoint (the run's method's
+        ``init_rules``); unused for a project run.
+      method: the run's method, named in the error when nothing matches.
 
     Returns:
       ``({(collection, *path): numpy array}, LoadReport)`` with at least one entry.
@@ -271,7 +245,7 @@ def load_pretrained(path: str, variables: Mapping, cfg) -> tuple[dict, LoadRepor
         n_source = len(_targets(source_vars))
     else:
         sd = convert_lib.read_state_dict(spec)
-        filled, report = match_official(sd, variables, rules_for(cfg), spec)
+        filled, report = match_official(sd, variables, rules, spec)
         n_source = sum(not k.endswith("num_batches_tracked") for k in sd)
     if not filled:
         hint = ""
@@ -282,22 +256,20 @@ def load_pretrained(path: str, variables: Mapping, cfg) -> tuple[dict, LoadRepor
         elif report.unused:
             hint = f"; its tensors are named like {_few(report.unused, 3)}"
         raise ValueError(f"{spec}: none of its {n_source} tensors matches a variable of the "
-                         f"'{cfg.method}' model{hint}")
+                         f"'{method}' model{hint}")
     return filled, report
 
 
 # ---------------------------------------------------------------------------- states
 
 
-def _assemble(tx, template, filled: Mapping[tuple, Any], base: Optional[Mapping[tuple, Any]],
-              step) -> Any:
-    """A TrainState shaped and sharded as ``template``: variables from ``filled`` (then
-    ``base``), a fresh optimiser state, EMA parameters equal to the parameters."""
+def _assemble(tx, template, filled: Mapping[tuple, Any], step) -> Any:
+    """A TrainState shaped and sharded as ``template``: every variable from ``filled``,
+    a fresh optimiser state, EMA parameters equal to the parameters."""
     import jax  # pylint: disable=import-outside-toplevel
-    from adverse_vision.trainer import TrainState  # pylint: disable=import-outside-toplevel
+    from adverse_vision.state import TrainState  # pylint: disable=import-outside-toplevel
 
-    leaves = {p: filled[p] if p in filled else base[p]
-              for p in _targets({"params": template.params, **template.model_state})}
+    leaves = {p: filled[p] for p in _targets({"params": template.params, **template.model_state})}
     variables = unflatten(leaves)
     params = variables.pop("params")
     model_state = {k: variables.get(k, {}) for k in template.model_state}
@@ -312,24 +284,20 @@ def _assemble(tx, template, filled: Mapping[tuple, Any], base: Optional[Mapping[
     return jax.device_put(state, shardings)
 
 
-def init_state_from(state, path: str, cfg, report: Optional[list] = None):
-    """``state`` with its variables taken from ``path`` where name and shape match.
+def load_into(state, path: str, rules: tuple, method: str = "",
+              report: Optional[list] = None) -> dict:
+    """The variables of ``state`` (``{"params": ..., <collection>: ...}`` as numpy
+    arrays) with every tensor of ``path`` whose name and shape match (by ``rules`` for
+    an official checkpoint); the rest keep their values in ``state``.
 
-    Args:
-      state: a fresh ``trainer.TrainState`` (from ``Trainer.init_state``).
-      path: official checkpoint file or project run directory (see the module doc).
-      cfg: the run's config (method, optimiser).
-      report: when a list is given, the :class:`LoadReport` is appended to it.
-
-    Returns:
-      The new state: loaded parameters and model state, the optimiser state
-      initialised from them, EMA parameters (when used) equal to them, same step and
-      shardings.
-    """
-    from adverse_vision import optim  # pylint: disable=import-outside-toplevel
+    What was loaded and what was not is logged; with a list ``report``, the
+    :class:`LoadReport` is appended to it. ``Trainer.with_variables`` turns the result
+    into the state a run starts from (fresh optimiser state, EMA equal to the loaded
+    parameters)."""
+    import jax  # pylint: disable=import-outside-toplevel
 
     current = {"params": state.params, **state.model_state}
-    filled, rep = load_pretrained(path, current, cfg)
+    filled, rep = load_pretrained(path, current, rules, method)
     for line in rep.lines():
         log.info("%s", line)
     if len(rep.loaded) < len(rep.kept):
@@ -338,8 +306,10 @@ def init_state_from(state, path: str, cfg, report: Optional[list] = None):
                     len(rep.loaded) + len(rep.kept))
     if report is not None:
         report.append(rep)
-    tx, _ = optim.make_optimizer(cfg)
-    return _assemble(tx, state, filled, _targets(current), state.step)
+    base = _targets(jax.device_get(current))
+    variables = unflatten({p: filled[p] if p in filled else np.asarray(base[p]) for p in base})
+    return {"params": variables.get("params", {}),
+            **{k: variables.get(k, {}) for k in state.model_state}}
 
 
 # ---------------------------------------------------------------------------- workdirs
@@ -392,45 +362,86 @@ def _class_names(cfg, n_classes: Optional[int], class_names, source: str) -> tup
                      "names")
 
 
-def export_workdir(checkpoint: str, method: str, out: str, *, num_classes: Optional[int] = None,
-                   size: Optional[str] = None, config: Any = None,
-                   class_names: Optional[list] = None) -> dict[str, Any]:
+def _network(network: str):
+    """(method class, converter) of an official network, or a ValueError naming it."""
+    try:
+        return methods_lib.converter(network)
+    except ValueError as e:
+        raise ValueError(f"--method {network!r} is not known ({e})") from None
+
+
+def _load_config(config: Any, network: str, method_cls, converter):
+    """An unlocked copy of the config of ``export_workdir``, of the network's method."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from adverse_vision import cli  # pylint: disable=import-outside-toplevel
+
+    if config is None:
+        if not converter.config:
+            raise ValueError(f"--method {network}: method '{method_cls.name}' declares no "
+                             "config for its workdirs; pass --config")
+        config = _default_config_path(converter.config)
+    if isinstance(config, str):
+        spec = config
+        config = cli.load_config_file(config)
+    else:
+        spec = "the given config"
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    if cfg.get("method") != method_cls.name:
+        raise ValueError(f"--method {network} needs a config with method '{method_cls.name}'; "
+                         f"{spec} has method '{cfg.get('method')}'")
+    return cfg
+
+
+def _size_name(cfg) -> Any:
+    if cfg.model.depth > 0 and cfg.model.width > 0:
+        return (cfg.model.depth, cfg.model.width)
+    return cfg.model.size
+
+
+def export_workdir(checkpoint: str, network: str, out: str, *,
+                   num_classes: Optional[int] = None, size: Optional[str] = None,
+                   config: Any = None, class_names: Optional[list] = None) -> dict[str, Any]:
     """Writes an official checkpoint as a project workdir (``config.json`` + step 0).
 
     Args:
       checkpoint: ``.pth``/``.pt``/``.npz`` official checkpoint.
-      method: ``"togethernet"`` or ``"yolox"`` (project method ``"detection"``).
+      network: the official network (``--method`` of the convert program), one a
+        method declares in ``Method.converters``; that method's config is written.
       out: the workdir to write; it must not hold checkpoints yet.
-      num_classes: expected class count (the checkpoint's class head must have it).
+      num_classes: expected class count (the checkpoint's class head must have it);
+        networks built with classes only, as ``size`` and ``class_names``.
       size: model size; default: inferred from the checkpoint, else the config's.
-      config: a ``ConfigDict`` or a ``path.py[:variant]`` spec; default the method's
-        scenes config.
+      config: a ``ConfigDict`` or a ``path.py[:variant]`` spec of the network's
+        method; default the converter's ``config`` file (relative to the working
+        directory or to the repository root).
       class_names: names of the classes; default the config's when the count fits,
         the COCO names for an 80-class checkpoint.
 
     Returns:
-      A summary: tensors loaded, parameter count, the files written.
+      A summary: method, size and class count (None for a network built without
+      classes), tensors loaded, parameter count, the files written.
 
     Raises:
       FileNotFoundError: missing checkpoint or config file.
-      ValueError: unknown method, unreadable checkpoint, keys or shapes that do not
-        fit the model, an ``out`` that already holds checkpoints.
+      ValueError: unknown network, a config of another method, unreadable
+        checkpoint, keys or shapes that do not fit the model, an ``out`` that
+        already holds checkpoints.
     """
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    import ml_collections  # pylint: disable=import-outside-toplevel
-    from adverse_vision import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    from adverse_vision import cli  # pylint: disable=import-outside-toplevel
-    from adverse_vision import config as config_lib  # pylint: disable=import-outside-toplevel
-    from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+    from adverse_vision import parallel  # pylint: disable=import-outside-toplevel
+    from adverse_vision import state as state_lib  # pylint: disable=import-outside-toplevel
+    from adverse_vision.models.yolox import SIZES  # pylint: disable=import-outside-toplevel
 
-    if method not in CONVERT_METHODS:
-        raise ValueError(f"--method {method!r} is not known; choose one of "
-                         f"{tuple(CONVERT_METHODS)}")
-    cfg_method, rules, default_config = CONVERT_METHODS[method]
-    if size is not None and size not in config_lib.MODEL_SIZES:
-        raise ValueError(f"--size {size!r} is not a model size; choose one of "
-                         f"{config_lib.MODEL_SIZES}")
+    method_cls, converter = _network(network)
+    if not converter.takes_classes:
+        given = [flag for flag, value in (("--num_classes", num_classes), ("--size", size),
+                                          ("--class_names", class_names)) if value]
+        if given:
+            raise ValueError(f"{', '.join(given)}: network {network!r} is built without "
+                             "classes or sizes")
+    if size is not None and size not in SIZES:
+        raise ValueError(f"--size {size!r} is not a model size; choose one of {tuple(SIZES)}")
     source = os.fspath(checkpoint)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{source}: no such checkpoint file")
@@ -439,64 +450,62 @@ def export_workdir(checkpoint: str, method: str, out: str, *, num_classes: Optio
         raise ValueError(f"{out} already holds checkpoints in {ckpt_dir}; choose a new --out")
 
     sd = convert_lib.read_state_dict(source)
-    head_classes = infer_num_classes(sd)
-    if num_classes is not None and head_classes is not None and num_classes != head_classes:
-        raise ValueError(f"{source}: the class head (head.cls_preds.0.weight) has "
-                         f"{head_classes} classes, --num_classes is {num_classes}")
-    n_classes = num_classes if num_classes is not None else head_classes
-
+    if converter.ignored:
+        ignored = [re.compile(p) for p in converter.ignored]
+        sd = {k: v for k, v in sd.items() if not any(p.search(k) for p in ignored)}
     explicit_config = config is not None
-    if config is None:
-        config = _default_config_path(default_config)
-    if isinstance(config, str):
-        spec = config
-        config = cli.load_config_file(config)
-    else:
-        spec = "the given config"
-    cfg = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
-    if cfg.method != cfg_method:
-        raise ValueError(f"--method {method} needs a config with method '{cfg_method}'; "
-                         f"{spec} has method '{cfg.method}'")
-    guessed = infer_size(sd)
-    chosen = size or (None if explicit_config else guessed)
-    if chosen is not None:
-        cfg.model.size = chosen
-        cfg.model.depth = cfg.model.width = 0.0
-    cfg.data.class_names = _class_names(cfg, n_classes, class_names, source)
-    cfg = config_lib.validate(cfg)
+    cfg = _load_config(config, network, method_cls, converter)
+    guessed = None
+    if converter.takes_classes:
+        head_classes = infer_num_classes(sd)
+        if num_classes is not None and head_classes is not None and num_classes != head_classes:
+            raise ValueError(f"{source}: the class head (head.cls_preds.0.weight) has "
+                             f"{head_classes} classes, --num_classes is {num_classes}")
+        n_classes = num_classes if num_classes is not None else head_classes
+        guessed = infer_size(sd)
+        chosen = size or (None if explicit_config else guessed)
+        if chosen is not None:
+            cfg.model.size = chosen
+            cfg.model.depth = cfg.model.width = 0.0
+        cfg.data.class_names = _class_names(cfg, n_classes, class_names, source)
+    cfg = methods_lib.validate(cfg)
 
-    trainer = trainer_lib.Trainer(cfg)
-    template = trainer.abstract_state()
+    method = methods_lib.build(cfg)
+    tx, _ = state_lib.make_optimizer(method, cfg)
+    template = state_lib.abstract_state(method, tx, cfg.optimizer.ema_decay > 0,
+                                        parallel.replicated(parallel.make_mesh()))
     targets = {"params": template.params, **template.model_state}
     try:
-        filled, _unused, _missing = convert_state_dict(sd, targets, rules, strict=True,
-                                                       name=source)
+        filled, _unused, _missing = convert_state_dict(sd, targets, converter.rules,
+                                                       strict=True, name=source)
     except ValueError as e:
-        size_now = cfg.model.size if not (cfg.model.depth > 0 and cfg.model.width > 0) else (
-            f"depth {cfg.model.depth}, width {cfg.model.width}")
         message = str(e).replace(" (pass strict=False to load the matching part only)", "")
-        hint = f" (the model is size {size_now}"
-        if guessed is not None and guessed != cfg.model.size:
-            hint += f"; the checkpoint looks like size {guessed}: pass --size {guessed}"
-        hint += "; to start training from the tensors that fit, use model.init_from)"
-        raise ValueError(message + hint) from None
-    state = _assemble(trainer.tx, template, filled, None, jnp.zeros((), jnp.int32))
+        hints = []
+        if converter.takes_classes:
+            size_now = _size_name(cfg)
+            hints.append("the model is size " + (size_now if isinstance(size_now, str) else
+                                                 f"depth {size_now[0]}, width {size_now[1]}"))
+            if guessed is not None and guessed != cfg.model.size:
+                hints.append(f"the checkpoint looks like size {guessed}: pass --size {guessed}")
+        if method_cls.init_rules is not None:
+            hints.append("to start training from the tensors that fit, use model.init_from")
+        raise ValueError(message + (f" ({'; '.join(hints)})" if hints else "")) from None
+    state = _assemble(tx, template, filled, jnp.zeros((), jnp.int32))
 
     os.makedirs(out, exist_ok=True)
-    ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints,
-                                 best_metric=trainer.method.best_metric)
+    ckpt = workdir_lib.checkpointer(out, cfg, method, keep=cfg.keep_checkpoints)
     try:
         ckpt.save(0, state)
     finally:
         ckpt.close()
-    trainer_lib.save_config(cfg, out)
+    workdir_lib.save_config(cfg, out)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
     return {
         "checkpoint": source,
+        "network": network,
         "method": cfg.method,
-        "size": cfg.model.size if not (cfg.model.depth > 0 and cfg.model.width > 0)
-        else (cfg.model.depth, cfg.model.width),
-        "num_classes": len(cfg.data.class_names),
+        "size": _size_name(cfg) if converter.takes_classes else None,
+        "num_classes": len(cfg.data.class_names) if converter.takes_classes else None,
         "tensors_loaded": len(filled),
         "parameters": n_params,
         "workdir": os.path.abspath(out),
@@ -507,11 +516,10 @@ def export_workdir(checkpoint: str, method: str, out: str, *, num_classes: Optio
 
 __all__ = [
     "COCO_CLASSES",
-    "CONVERT_METHODS",
     "LoadReport",
     "export_workdir",
     "infer_size",
-    "init_state_from",
+    "load_into",
     "load_pretrained",
     "match_official",
     "match_variables",

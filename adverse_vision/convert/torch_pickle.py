@@ -17,7 +17,7 @@ naming it, so no code from the file runs. Tensors become C-contiguous numpy
 arrays (a view's storage offset, size and stride are honoured); ``bfloat16``
 tensors use the ``ml_dtypes.bfloat16`` numpy type.
 
-    state = load_pth("yolox_s.pth")       # whatever object was saved
+    state = load_pth("official.pth")      # whatever object was saved
     weights = state_dict_from(state)      # the flat {name: array} mapping
 """
 
@@ -384,7 +384,7 @@ def state_dict_from(obj: Any, source: str = "checkpoint") -> dict[str, np.ndarra
     """The flat ``{key: array}`` weights of a loaded checkpoint.
 
     Accepts a state dict itself or a dict nesting it under ``model``, ``state_dict``,
-    ``model_state_dict``, ``net`` or ``params`` (the YOLOX release uses ``model``).
+    ``model_state_dict``, ``net`` or ``params`` (detector releases use ``model``).
     Non-array entries of the state dict are dropped (arrays are numpy arrays, or
     tensors of another library when given an object loaded by it).
     """

@@ -1,229 +1,116 @@
 """Config -> data sources and grain pipelines for a run.
 
-``DataBundle(cfg, per_host_batch)`` builds the training source and the evaluation
-sources of ``cfg.data`` on demand, the training iterator (checkpointable) and a fresh
-single-pass evaluation pipeline per call, and gathers the bad-input report of every
-source for the run summary.
+``DataBundle(cfg, per_host_batch)`` builds the sources a run's method declares
+(``Method.datasets``, from :mod:`adverse_vision.data.catalog`) on demand: the training
+stream (checkpointable, shaped by the method), a fresh single-pass pipeline per
+evaluation (``cfg.evals`` entries, each the dataset with its own ``data`` overrides),
+and the bad-input report of every source built, for the run summary.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Optional
 
 import ml_collections
 
-from adverse_vision.data import pipeline
+from adverse_vision import methods as methods_lib
+from adverse_vision.data import held_out
+from adverse_vision.data.catalog import plain
 from adverse_vision.data.problems import DataPolicy, DataProblems
-
-DNHL_STAGES = ("high", "denoise", "joint")
-DNHL_TASKS = ("classification", "segmentation")
-DNHL_DATASETS = ("scenes", "scenes_crops", "image_folder", "class_folder", "voc_seg")
-BDLF_DATASETS = ("scenes", "m3fd", "mfnet", "fusion_folder")
-# Datasets read from files under ``data.root`` (tfds falls back to its own data_dir).
-NEEDS_ROOT = ("voc", "coco", "image_folder", "class_folder", "voc_seg", "m3fd", "mfnet",
-              "fusion_folder")
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, tuple) and any(isinstance(v, (ml_collections.ConfigDict, dict)) for v in x):
-        return [_plain(v) for v in x]  # a tuple of degradation specs
-    return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
 
 
 class DataBundle:
-    """The sources and pipelines of one run."""
+    """The sources and pipelines of one run (``method``: the run's method object,
+    built from ``cfg`` when not given)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, per_host_batch: int):
+    def __init__(self, cfg: ml_collections.ConfigDict, per_host_batch: int, method=None):
         self.cfg = cfg
         self.per_host_batch = per_host_batch
-        self.policy = DataPolicy.from_config(_plain(cfg.data))
-        self._sources: dict[str, Any] = {}
-        if cfg.data.name in NEEDS_ROOT and not cfg.data.root:
-            raise ValueError(f"config key 'data.root' is empty; data.name {cfg.data.name!r} "
-                             f"reads its files from there (--config.data.root=/path/to/dataset)")
+        self.image_size = int(cfg.image_size)
+        self.method = method if method is not None else methods_lib.build(cfg)
+        self.policy = DataPolicy.from_config(plain(cfg.data))
+        self._sources: dict[tuple, Any] = {}
+        self._check_root(cfg.data, "data.root")
 
-    def split_name(self, split: str) -> str:
-        """The dataset's own name of a run split ("train", "val", "test")."""
-        d = self.cfg.data
-        if d.name in ("scenes", "scenes_crops"):
-            return split
+    def _check_root(self, d: ml_collections.ConfigDict, key: str) -> None:
+        build = self.method.datasets.get(d.name)
+        if getattr(build, "reads_root", False) and not d.root:
+            raise ValueError(f"config key '{key}' is empty; data.name {d.name!r} reads its "
+                             f"files from there (--config.{key}=/path/to/dataset)")
+
+    @staticmethod
+    def split_name(d: ml_collections.ConfigDict, split: str) -> str:
+        """The dataset's own name of a run split ("train", "val", "test"): the image set
+        or folder of ``data.train_split`` / ``data.val_split``."""
         return {"train": d.train_split, "val": d.val_split, "test": d.val_split}[split]
 
-    def source(self, split: str):
-        if split not in self._sources:
-            self._sources[split] = self._make_source(split)
-        return self._sources[split]
+    # ------------------------------------------------------------------ sources
+    def data_config(self, eval_name: Optional[str] = None) -> ml_collections.ConfigDict:
+        """``cfg.data``, or for an evaluation entry the same with the entry's overrides."""
+        if eval_name is None:
+            return self.cfg.data
+        if eval_name not in self.cfg.evals:
+            raise ValueError(f"no evaluation {eval_name!r} in this config; its evaluations: "
+                             f"{tuple(self.cfg.evals)}")
+        overrides = self.cfg.evals[eval_name].data
+        if not len(overrides):
+            return self.cfg.data
+        d = self.cfg.data.copy_and_resolve_references()
+        with d.unlocked():
+            for key, value in overrides.items():
+                if key in ("degrade", "val_degrade", "class_map"):
+                    del d[key]  # a mixture, a single spec or a map replaces the whole value
+                d[key] = value
+        if "root" in overrides:
+            self._check_root(d, f"evals.{eval_name}.data.root")
+        return d
 
-    @property
-    def dnhl_task(self) -> str:
-        """The dense task of a "dnhl" run: "denoise" for the stage "denoise", else
-        ``cfg.dnhl.task``."""
-        stage, task = self.cfg.dnhl.stage, self.cfg.dnhl.task
-        if stage not in DNHL_STAGES:
-            raise ValueError(f"config key 'dnhl.stage' is {stage!r}; choose one of {DNHL_STAGES}")
-        if task not in DNHL_TASKS:
-            raise ValueError(f"config key 'dnhl.task' is {task!r}; choose one of {DNHL_TASKS}")
-        return "denoise" if stage == "denoise" else task
+    def source(self, split: str, eval_name: Optional[str] = None):
+        """The source of ``split``, of the run's dataset or of an evaluation's."""
+        key = (split, eval_name if eval_name and len(self.cfg.evals[eval_name].data) else None)
+        if key not in self._sources:
+            d = self.data_config(key[1])
+            name = f"{d.name} {split}" + (f" ({key[1]})" if key[1] else "")
+            self._sources[key] = self.method.make_source(self, d, split, DataProblems(name))
+        return self._sources[key]
 
-    def _folder_classes(self) -> tuple[str, ...] | None:
-        """``data.class_names``, or when it is empty the sorted class folders of the
-        training split (so every split numbers the classes alike), or None when
-        there is no training folder (each split then uses its own folders)."""
-        d = self.cfg.data
-        if tuple(d.class_names):
-            return tuple(d.class_names)
-        train_root = os.path.join(d.root, self.split_name("train"))
-        if not os.path.isdir(train_root):
-            return None
-        return tuple(sorted(
-            e for e in os.listdir(train_root) if os.path.isdir(os.path.join(train_root, e))
-        )) or None
+    # ------------------------------------------------------------------ pipelines
+    def pipeline(self, split: str, train: bool, eval_name: Optional[str] = None,
+                 source: Any = None, seed: Optional[int] = None):
+        """The method's batches of ``split`` (or of ``source``)."""
+        return self.method.make_pipeline(
+            self, source if source is not None else self.source(split, eval_name), train=train,
+            seed=self.cfg.seed if seed is None else seed, data_cfg=self.data_config(eval_name))
 
-    def _make_dnhl_source(self, split: str):
-        # pylint: disable=import-outside-toplevel
-        from adverse_vision.data import folders, scenes_tasks
+    def train_iterator(self):
+        """The training stream's iterator; its state is saved with each checkpoint."""
+        return self.method.train_iterator(self)
 
-        d = self.cfg.data
-        task = self.dnhl_task
-        problems = DataProblems(f"{d.name} {split}")
-        if d.name == "scenes":
-            if task == "classification":
-                raise ValueError(
-                    "config key 'data.name' is 'scenes' (segmentation masks) but 'dnhl.task' is "
-                    "'classification'; use data.name 'scenes_crops' for classification"
-                )
-            count = d.num_train if split == "train" else d.num_val
-            return scenes_tasks.ScenesSegmentationSource(
-                split=split, num_samples=count, image_size=d.scene_size, seed=d.seed)
-        if d.name == "scenes_crops":
-            count = d.num_train if split == "train" else d.num_val
-            return scenes_tasks.ScenesCropsSource(
-                split=split, num_samples=count, crop_size=self.cfg.image_size,
-                scene_size=d.scene_size, seed=d.seed)
-        if d.name == "image_folder":
-            return folders.ImageFolderSource(
-                os.path.join(d.root, self.split_name(split)), problems=problems, policy=self.policy)
-        if d.name == "class_folder":
-            return folders.ClassFolderSource(
-                os.path.join(d.root, self.split_name(split)),
-                class_names=self._folder_classes(), problems=problems, policy=self.policy)
-        if d.name == "voc_seg":
-            return folders.VOCSegmentationSource(
-                d.root, self.split_name(split), problems=problems, policy=self.policy)
-        raise ValueError(
-            f"config key 'data.name' is {d.name!r}; method 'dnhl' reads one of {DNHL_DATASETS}"
-        )
+    def val_pipeline(self, split: str = "val"):
+        """A single deterministic pass over ``split`` of the run's dataset, the last batch
+        padded."""
+        return self.pipeline(split, train=False)
 
-    def _make_bdlf_source(self, split: str):
-        # pylint: disable=import-outside-toplevel
-        from adverse_vision.data import fusion_pairs
+    def eval_pipeline(self, eval_name: str):
+        """A single deterministic pass over the evaluation ``cfg.evals[eval_name]``."""
+        entry = self.cfg.evals[eval_name] if eval_name in self.cfg.evals else None
+        if entry is None:
+            self.data_config(eval_name)  # names the known evaluations
+        return self.pipeline(entry.split, train=False, eval_name=eval_name)
 
-        d = self.cfg.data
-        problems = DataProblems(f"{d.name} {split}")
-        if d.name == "m3fd":
-            return fusion_pairs.M3FDSource(d.root, self.split_name(split),
-                                           class_names=tuple(d.class_names), policy=self.policy,
-                                           problems=problems)
-        if d.name == "mfnet":
-            return fusion_pairs.MFNetSource(d.root, self.split_name(split), policy=self.policy,
-                                            problems=problems)
-        if d.name == "fusion_folder":
-            root = os.path.join(d.root, self.split_name(split))
-            return fusion_pairs.FusionFolderSource(root if os.path.isdir(root) else d.root,
-                                                   policy=self.policy, problems=problems)
-        if d.name != "scenes":
-            raise ValueError(f"config key 'data.name' is {d.name!r}; method 'bdlf' reads one of "
-                             f"{BDLF_DATASETS}")
-        return None  # the detection scenes below carry the thermal image and the masks
-
-    def _make_source(self, split: str):
-        d = self.cfg.data
-        if self.cfg.method == "dnhl":
-            return self._make_dnhl_source(split)
-        if self.cfg.method == "bdlf":
-            source = self._make_bdlf_source(split)
-            if source is not None:
-                return source
-        class_names = tuple(d.class_names)
-        class_map = dict(_plain(d.class_map)) or None
-        problems = DataProblems(f"{d.name} {split}")
-        if d.name == "scenes":
-            from adverse_vision.data.scenes import ScenesSource  # pylint: disable=import-outside-toplevel
-            count = d.num_train if split == "train" else d.num_val
-            return ScenesSource(split=split, num_samples=count,
-                                image_size=(d.scene_size, d.scene_size), seed=d.seed)
-        if d.name == "voc":
-            from adverse_vision.data.voc import VOCSource  # pylint: disable=import-outside-toplevel
-            return VOCSource(d.root, image_set=self.split_name(split), class_names=class_names,
-                             class_map=class_map, policy=self.policy, problems=problems)
-        if d.name == "coco":
-            from adverse_vision.data.coco import COCOSource  # pylint: disable=import-outside-toplevel
-            annotations = d.train_annotations if split == "train" else d.val_annotations
-            return COCOSource(annotations, d.root, class_names=class_names, class_map=class_map,
-                              policy=self.policy, problems=problems)
-        if d.name == "tfds":
-            from adverse_vision.data.tfds_source import TFDSSource  # pylint: disable=import-outside-toplevel
-            return TFDSSource(d.tfds_name, self.split_name(split), data_dir=d.root or None,
-                              class_names=class_names, class_map=class_map,
-                              policy=self.policy, problems=problems)
-        raise ValueError(f"config key 'data.name' is {d.name!r}; no such dataset")
-
-    def _pipeline(self, split: str, train: bool):
-        d = self.cfg.data
-        if self.cfg.method == "dnhl":
-            from adverse_vision.data.dense import make_dense_pipeline  # pylint: disable=import-outside-toplevel
-            return make_dense_pipeline(
-                self.source(split), batch_size=self.per_host_batch,
-                image_size=self.cfg.image_size, train=train, task=self.dnhl_task,
-                seed=self.cfg.seed,
-                augment={"scale": _plain(d.augment.scale), "flip": d.augment.flip},
-                num_workers=d.num_workers)
-        return self._detection_pipeline(self.source(split), train, self.cfg.seed)
-
-    def _detection_pipeline(self, source, train: bool, seed: int):
-        d = self.cfg.data
-        return pipeline.make_pipeline(
-            source, batch_size=self.per_host_batch, image_size=self.cfg.image_size,
-            max_boxes=d.max_boxes, train=train, seed=seed,
-            degrade=_plain(d.degrade if train else d.val_degrade),
-            augment=_plain(d.augment), num_workers=d.num_workers,
-            saliency=self.cfg.method == "bdlf")
-
-    def held_out_split(self):
-        """``(lower, upper)`` sources: the training split without and with its held-out
-        ``bdlf.upper_fraction`` (fixed by ``data.seed``)."""
-        from adverse_vision.data import held_out  # pylint: disable=import-outside-toplevel
+    def held_out_split(self, fraction: float):
+        """``(lower, upper)`` sources: the training split without and with a held-out
+        ``fraction`` of it (fixed by ``data.seed``)."""
         source = self.source("train")
-        lower, upper = held_out.split_indices(len(source), float(self.cfg.bdlf.upper_fraction),
-                                              self.cfg.data.seed)
+        lower, upper = held_out.split_indices(len(source), float(fraction), self.cfg.data.seed)
         return (held_out.Subset(source, lower, "lower level"),
                 held_out.Subset(source, upper, "upper level"))
 
-    def train_iterator(self):
-        """The training stream's iterator; its state is saved with each checkpoint.
-
-        Bi-level runs (method "bdlf" in mode "bilevel") pair each batch with a batch of
-        the held-out part (``batch["upper/<key>"]``), drawn anew every
-        ``bdlf.upper_every`` batches."""
-        if self.cfg.method == "bdlf" and self.cfg.bdlf.mode == "bilevel":
-            from adverse_vision.data import held_out  # pylint: disable=import-outside-toplevel
-            lower, upper = self.held_out_split()
-            return held_out.PairedIterator(
-                iter(self._detection_pipeline(lower, True, self.cfg.seed)),
-                iter(self._detection_pipeline(upper, True, self.cfg.seed + 1)),
-                int(self.cfg.bdlf.upper_every))
-        return iter(self._pipeline("train", train=True))
-
-    def val_pipeline(self, split: str = "val"):
-        """A single deterministic pass over ``split``, the last batch padded."""
-        return self._pipeline(split, train=False)
-
     def problems_summary(self) -> dict[str, dict[str, int]]:
-        """Bad-input counts per split, from the sources that were built."""
+        """Bad-input counts per source that was built ("train", "val", "test (rtts)")."""
         out = {}
-        for split, source in self._sources.items():
+        for (split, eval_name), source in self._sources.items():
             problems = getattr(source, "problems", None)
             if problems is not None:
-                out[split] = problems.summary()
+                out[split + (f" ({eval_name})" if eval_name else "")] = problems.summary()
         return out

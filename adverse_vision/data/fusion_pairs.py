@@ -5,7 +5,7 @@ Every record follows the record contract of :mod:`adverse_vision.data.pipeline`:
 replicated to three channels), ``thermal`` (uint8 (H, W, 1), the registered
 infrared image), ``id`` (str) and ``valid``, plus per dataset:
 
-* :class:`M3FDSource`: M3FD detection (the layout of the BDLFusion release)::
+* :class:`M3FDSource`: M3FD detection (the layout of the M3FD release)::
 
       root/Ir/<id>.png           infrared
       root/Vis/<id>.png          visible

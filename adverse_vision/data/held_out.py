@@ -1,6 +1,6 @@
 """A training split divided into a lower-level part and a held-out upper-level part.
 
-Bi-level training (BDLF) steps its lower-level networks on batches of the training
+Bi-level training steps its lower-level networks on batches of the training
 data and its upper-level network on batches the lower levels never train on.
 :func:`split_indices` divides a source's indices once, deterministically by seed;
 :class:`Subset` is one part as a source of its own; :class:`PairedIterator` yields

@@ -2,8 +2,8 @@
 
 Each sample is a synthetic street view drawn with vectorised numpy: a sky
 gradient above the horizon, a perspective road over a flat ground plane,
-background buildings and trees, and one to six objects of the five TogetherNet
-classes standing on the ground. The renderer knows the geometry, so every sample
+background buildings and trees, and one to six objects of five classes (person, bicycle,
+car, motorbike, bus) standing on the ground. The renderer knows the geometry, so every sample
 carries exact boxes, per-pixel metric depth, a semantic mask and an aligned
 thermal image, and one source serves detection, depth-aware dehazing (see
 :func:`adverse_vision.degrade.haze`), segmentation and infrared-visible fusion.

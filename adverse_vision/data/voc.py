@@ -16,20 +16,20 @@ image ``W`` pixels wide. The default ``coordinates="continuous"`` turns them int
 
 (the convention of detectron2's ``pascal_voc.py``). Width and height are then the
 VOC pixel counts ``xmax - xmin + 1``, so an IoU computed on these boxes *without*
-the old "+1" equals, exactly, the IoU the VOC devkit (and TogetherNet's
-``utils/utils_map.py``) computes *with* "+1" on the raw XML values: area, overlap
+the old "+1" equals, exactly, the IoU the VOC devkit (and the common
+PyTorch YOLO ``utils_map.py``) computes *with* "+1" on the raw XML values: area, overlap
 and union agree term by term. The detection evaluator of this library therefore
 uses plain continuous IoU; to write detections back in XML convention add 1 to
 ``x1`` and ``y1``.
 
-``coordinates="raw"`` keeps the XML numbers as they are, as TogetherNet's
+``coordinates="raw"`` keeps the XML numbers as they are, as the common PyTorch YOLO
 ``voc_annotation.py`` (and TFDS ``voc`` 5.0.0, which divides the raw values by the
 image size) do; use it to reproduce those pipelines bit for bit. The two differ by
 one pixel at the top-left corner.
 
 Classes are matched case-insensitively after stripping whitespace; ``class_map``
 renames dataset names first (e.g. ``{"motorcycle": "motorbike"}``). With a class
-subset (TogetherNet uses 5 of the 20 VOC classes) the other VOC classes are dropped
+subset (e.g. 5 of the 20 VOC classes) the other VOC classes are dropped
 silently and counted as ``other_class``; names that are not VOC classes at all are
 ``unknown_class`` problems (skipped or raised per policy).
 

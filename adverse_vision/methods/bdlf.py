@@ -66,67 +66,137 @@ import ml_collections
 import numpy as np
 import optax
 
-from adverse_vision import bilevel, optim
-from adverse_vision.config import BDLF_BRANCHES, BDLF_MODES
+from adverse_vision import bilevel, methods, optim
+from adverse_vision import workdir as workdir_lib
+from adverse_vision.config import ConfigError, check_choice, check_ranges
+from adverse_vision.data import catalog, held_out
+from adverse_vision.losses.cross_entropy import IGNORE_LABEL, pixel_cross_entropy
 from adverse_vision.losses.fusion import critic_loss, fusion_loss, generator_loss
 from adverse_vision.methods.detection import (
     DetectionEvaluator,
     DetectionMethod,
+    check_yolox,
     normalize_images,
+    yolox_defaults,
 )
 from adverse_vision.metrics.fusion import FUSION_METRICS, MIN_SIZE, FusionMeter
 from adverse_vision.metrics.segmentation import SegmentationMeter
 from adverse_vision.models.bdlf import FusionNet, PixelCritic
 from adverse_vision.models.dnhl import DeepLabLargeFOV, upsample_logits
 from adverse_vision.ops.color import LUMA_WEIGHTS, fused_color, luminance
+from adverse_vision.timing import Measured
 
 log = logging.getLogger("adverse_vision.bdlf")
 
-UPPER_PREFIX = "upper/"
-IGNORE_LABEL = 255
+UPPER_PREFIX = held_out.UPPER_PREFIX
+MODES = ("bilevel", "fusion_loss", "visible", "infrared")
+BRANCHES = ("critic", "detection", "segmentation")
+# BDLF: the fusion network and the critic under the project's names or the official
+# training checkpoint's (``Network_IJCAI``: enhance_net, discriminator, denoise_net).
+BDLF_RULES: tuple[tuple[str, str], ...] = (
+    (r"^(fusion|enhance_net)\.", "fusion/"),
+    (r"^(critic|discriminator)\.net\.(\d+)\.", r"critic/net_\2/"),
+)
+#: The official checkpoint's FCOS detector, which the project replaces by its own task networks.
+BDLF_IGNORED: tuple[str, ...] = (r"^denoise_net\.",)
+
 #: Parameter group of each branch's network.
 GROUPS = {"critic": "critic", "detection": "detector", "segmentation": "segmenter"}
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """BDLF's keys: the ``bdlf`` group and the ``model`` keys of its YOLOX detector."""
+    c = yolox_defaults()
+    b = c.bdlf = ml_collections.ConfigDict()
+    b.mode = "bilevel"  # bilevel | fusion_loss (theta on the fusion loss alone) | visible | infrared
+    b.branches = ("critic", "detection")  # lower levels; add "segmentation" with masks
+    b.aggregation = "random"  # random (softmax of N(0, 1) per hyper-step) | gradnorm | fixed
+    b.aggregation_weights = ()  # fixed: one weight per branch, in branch order
+    b.upper_every = 10  # the fusion network steps every this many iterations
+    b.upper_fraction = 0.1  # training samples held out for the upper level
+    b.hyper_eps = 1e-8  # relative: eps |grad_theta f|^2 is added to |grad_omega f|^2
+    b.fusion_width = 1.0  # channel multiplier of the fusion network
+    b.critic_width = 1.0
+    b.seg_classes = ("background", "person", "bicycle", "car", "motorbike", "bus")
+    b.seg_width = 1.0  # DeepLab-LargeFOV segmenter of the segmentation branch
+    b.seg_fc = 0  # fc6/fc7 features (0: 1024)
+    b.seg_dropout = 0.5
+    b.ssim_weight = 1.1  # fusion loss |u - M|_1 + w (1 - SSIM(u, M))
+    b.fusion_adv_weight = 0.5  # generator weight in the critic branch's upper loss
+    b.task_adv_weight = 0.01  # generator weight in the task branches' upper losses
+    b.minmax = "image"  # fused colour normalisation: image | batch (official) | none
+    b.fusion_optimizer = "sgd"  # sgd | adam, for the fusion network (theta)
+    b.fusion_lr = 1e-4
+    b.fusion_weight_decay = 1e-3
+    b.fusion_from = ""  # a "bdlf" workdir whose fusion network starts this run
+    b.eval_images = 0  # validation images scored by the fusion metrics (0: all)
+    return c
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first unusable ``bdlf`` key."""
+    """Raises ConfigError naming the first unusable ``bdlf`` (or detector) key."""
     b = cfg.bdlf
-    if b.mode not in BDLF_MODES:
-        raise ValueError(f"config key 'bdlf.mode' is {b.mode!r}; choose one of {BDLF_MODES}")
+    check_choice(cfg, "bdlf.mode", MODES)
+    check_choice(cfg, "bdlf.aggregation", bilevel.AGGREGATIONS)
+    check_choice(cfg, "bdlf.minmax", ("image", "batch", "none"))
+    check_choice(cfg, "bdlf.fusion_optimizer", ("sgd", "adam"))
     branches = tuple(b.branches)
-    unknown = [x for x in branches if x not in BDLF_BRANCHES]
+    unknown = [x for x in branches if x not in BRANCHES]
     if unknown or len(set(branches)) != len(branches):
-        raise ValueError(f"config key 'bdlf.branches' is {branches!r}; use distinct names from "
-                         f"{BDLF_BRANCHES}")
+        raise ConfigError(f"config key 'bdlf.branches' is {branches!r}; use distinct names from "
+                          f"{BRANCHES}")
     if not any(x in branches for x in ("detection", "segmentation")) and b.mode in ("visible", "infrared"):
-        raise ValueError(f"config key 'bdlf.branches' is {branches!r}: mode {b.mode!r} trains a "
-                         "task network, add 'detection' or 'segmentation'")
+        raise ConfigError(f"config key 'bdlf.branches' is {branches!r}: mode {b.mode!r} trains a "
+                          "task network, add 'detection' or 'segmentation'")
     if b.mode == "bilevel" and not branches:
-        raise ValueError("config key 'bdlf.branches' is empty: the bi-level mode needs a lower level")
+        raise ConfigError("config key 'bdlf.branches' is empty: the bi-level mode needs a lower level")
     if b.aggregation == "fixed" and len(tuple(b.aggregation_weights)) != len(branches):
-        raise ValueError(f"config key 'bdlf.aggregation_weights' has {len(tuple(b.aggregation_weights))} "
-                         f"weights for {len(branches)} branches {branches}")
-    if int(b.upper_every) < 1:
-        raise ValueError(f"config key 'bdlf.upper_every' must be >= 1, got {b.upper_every!r}")
-    if not 0.0 < float(b.upper_fraction) < 1.0:
-        raise ValueError(f"config key 'bdlf.upper_fraction' must be in (0, 1), got {b.upper_fraction!r}")
+        raise ConfigError(f"config key 'bdlf.aggregation_weights' has {len(tuple(b.aggregation_weights))} "
+                          f"weights for {len(branches)} branches {branches}")
+    check_ranges(cfg, (("bdlf.upper_every", 1, None, True), ("bdlf.upper_fraction", 0.0, 1.0, False),
+                       ("bdlf.hyper_eps", 0.0, None, True), ("bdlf.fusion_lr", 0.0, None, False),
+                       ("bdlf.fusion_weight_decay", 0.0, None, True),
+                       ("bdlf.fusion_width", 0.0, None, False), ("bdlf.critic_width", 0.0, None, False),
+                       ("bdlf.seg_width", 0.0, None, False), ("bdlf.eval_images", 0, None, True)))
+    if not float(b.upper_fraction) < 1.0:
+        raise ConfigError(f"config key 'bdlf.upper_fraction' must be in (0, 1), got {b.upper_fraction!r}")
     if "segmentation" in branches and len(tuple(b.seg_classes)) < 2:
-        raise ValueError("config key 'bdlf.seg_classes' needs at least two class names")
+        raise ConfigError("config key 'bdlf.seg_classes' needs at least two class names")
+    if "detection" in branches:
+        check_yolox(cfg)
 
 
 def _dtype(cfg):
     return jnp.dtype(cfg.model.dtype)
 
 
-class BDLFMethod:
+@methods.register("bdlf")
+class BDLFMethod(methods.Method):
     """BDLF as a trainer method (see the module docstring)."""
 
+    #: data.name -> source: the scenes (with their thermal image and masks), M3FD,
+    #: MFNet, folders of infrared/visible pairs.
+    datasets = {"scenes": catalog.scenes, "m3fd": catalog.m3fd, "mfnet": catalog.mfnet,
+                "fusion_folder": catalog.fusion_folder}
     eval_keys = ("boxes", "classes", "box_mask", "difficult", "valid", "scale", "offset",
                  "orig_size", "image", "thermal", "mask")
+    converters = {"bdlfusion": methods.Converter(
+        "adverse_vision.models.bdlf:BDLFusion", BDLF_RULES, ignored=BDLF_IGNORED,
+        takes_classes=False,  # called with the infrared and the visible luminance image
+        example_inputs=lambda side: (np.zeros((1, side, side, 1), np.float32),) * 2)}
+    predict_inputs = ("thermal",)
+
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        return defaults()
+
+    @classmethod
+    def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
+        super().check_config(cfg)
+        check_config(cfg)
 
     def __init__(self, cfg: ml_collections.ConfigDict):
-        check_config(cfg)
-        self.cfg = cfg
+        super().__init__(cfg)
         b = cfg.bdlf
         self.mode = b.mode
         self.fuses = self.mode in ("bilevel", "fusion_loss")
@@ -147,11 +217,11 @@ class BDLFMethod:
             fc_features=int(b.seg_fc) or 1024, dropout_rate=float(b.seg_dropout),
             dtype=dtype) if "segmentation" in branches else None
         if self.det is not None:
-            self.best_metric = "val/mAP"
+            self.best_metric = "mAP"
         elif self.segmenter is not None:
-            self.best_metric = "val/miou"
+            self.best_metric = "miou"
         else:
-            self.best_metric = "val/Qabf"
+            self.best_metric = "Qabf"
 
     # ------------------------------------------------------------------ state
     @property
@@ -208,18 +278,35 @@ class BDLFMethod:
         if not self.fuses:
             raise ValueError(f"config key 'bdlf.fusion_from' is set but mode {self.mode!r} has no "
                              "fusion network")
-        from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-        other = trainer_lib.load_workdir_config(src)
+        other = workdir_lib.load_config(src)
         if other.method != "bdlf" or float(other.bdlf.fusion_width) != float(self.cfg.bdlf.fusion_width):
             raise ValueError(f"config key 'bdlf.fusion_from': {src} is not a BDLF run with "
                              f"bdlf.fusion_width={self.cfg.bdlf.fusion_width}")
-        _, variables, step = trainer_lib.restore_for_eval(src, "best")
+        _, variables, step = workdir_lib.restore_variables(src, "best")
         if "fusion" not in variables["params"]:
             raise ValueError(f"config key 'bdlf.fusion_from': {src} has no fusion network")
         params = dict(state.params)
         params["fusion"] = variables["params"]["fusion"]
         log.info("fusion network from %s (step %d)", src, step)
         return trainer.with_variables(state, params)
+
+    # ------------------------------------------------------------------ data
+    def make_pipeline(self, bundle, source, *, train, seed, data_cfg):
+        """Box batches with the saliency-weighted fusion target's weights."""
+        return catalog.box_pipeline(bundle, source, train=train, seed=seed, data_cfg=data_cfg,
+                                    saliency=True)
+
+    def train_iterator(self, bundle):
+        """Bi-level runs pair each batch with a batch of the held-out part of the training
+        split (``batch["upper/<key>"]``), drawn anew every ``bdlf.upper_every`` batches."""
+        if self.mode != "bilevel":
+            return super().train_iterator(bundle)
+        lower, upper = bundle.held_out_split(float(self.cfg.bdlf.upper_fraction))
+        seed = int(self.cfg.seed)
+        return held_out.PairedIterator(
+            iter(bundle.pipeline("train", True, source=lower, seed=seed)),
+            iter(bundle.pipeline("train", True, source=upper, seed=seed + 1)),
+            int(self.cfg.bdlf.upper_every))
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -274,7 +361,7 @@ class BDLFMethod:
             loss, parts = self.det.detection_loss(heads, batch, step)
             return loss, (upd["batch_stats"], {"det": loss, **{f"det_{k}": v for k, v in parts.items()}})
         logits = self.segmenter.apply({"params": omega}, image, train=True, rngs={"dropout": rng})
-        loss = seg_loss(logits, batch["mask"], batch["valid"])
+        loss = pixel_cross_entropy(logits, batch["mask"], batch["valid"])
         return loss, (stats, {"seg": loss})
 
     def _upper_loss(self, branch, fused, omega, params, stats, batch, rng, step):
@@ -419,8 +506,102 @@ class BDLFMethod:
             out["segmentation"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return out
 
+    @property
+    def detects(self) -> bool:
+        return self.det is not None
+
+    def predict_fn(self, restore: bool):
+        """:meth:`predict`: the fused images are written with or without a detector."""
+        del restore
+        return self.predict
+
+    def prediction_images(self, outputs, i, to_original):
+        """The fused luminance (8-bit grey) and colour image, the segmenter's class
+        indices; detections are drawn on the fused colour image (what the detector saw)."""
+        if "fused" not in outputs:
+            return {}
+        rgb = to_original(outputs["fused_rgb"][i], value_range=(0.0, 1.0))
+        images = {"_fused.png": to_original(outputs["fused"][i], value_range=(0.0, 1.0))[..., 0],
+                  "_fused_rgb.png": rgb, "canvas": rgb}
+        if "segmentation" in outputs:
+            images["_labels.png"] = to_original(outputs["segmentation"][i][..., None],
+                                                nearest=True)[..., 0]
+        return images
+
     def make_evaluator(self) -> BDLFEvaluator:
         return BDLFEvaluator(self)
+
+    # ------------------------------------------------------------------ benchmark
+    def bench_train(self, bench, trainer, state, batch, steps):
+        """Bi-level runs: the iteration with the hypergradient, the one without, their
+        average over ``upper_every`` iterations (time and FLOPs; memory: the larger),
+        and a plain step of the same networks with the fusion network on the fusion
+        loss alone (mode "fusion_loss"), all at the same batch size. Each variant is
+        compiled once and keeps its program whatever the state's step."""
+        if self.mode != "bilevel":
+            return super().bench_train(bench, trainer, state, batch, steps)
+        k = self.upper_every
+        hyper = bench.measure_train_step(trainer.train_step, state, batch, steps, step=0)
+        lower = hyper
+        if k > 1:
+            lower = bench.measure_train_step(trainer.train_step, trainer.init_state(), batch,
+                                             steps, step=1)
+        plain_cfg = self.cfg.copy_and_resolve_references()
+        plain_cfg.bdlf.mode = "fusion_loss"
+        plain_trainer, plain_state, plain_batch = bench.setup(plain_cfg)
+        plain = bench.measure_train_step(plain_trainer.train_step, plain_state, plain_batch,
+                                         steps)
+        mean = Measured((hyper.seconds + (k - 1) * lower.seconds) / k, hyper.compile_s,
+                        (hyper.flops + (k - 1) * lower.flops) / k,
+                        max(hyper.memory_bytes, lower.memory_bytes))
+        return mean, {
+            "bilevel_hyper_step_s": hyper.seconds, "bilevel_lower_step_s": lower.seconds,
+            "bilevel_hyper_flops_per_step": hyper.flops,
+            "bilevel_lower_flops_per_step": lower.flops,
+            "bilevel_mean_flops_per_step": mean.flops,
+            "bilevel_hyper_memory_bytes": hyper.memory_bytes,
+            "bilevel_lower_memory_bytes": lower.memory_bytes,
+            "plain_fusion_memory_bytes": plain.memory_bytes,
+            "bilevel_mean_step_s": mean.seconds, "plain_fusion_step_s": plain.seconds,
+            "hyper_over_plain": hyper.seconds / plain.seconds,
+            "mean_over_plain": mean.seconds / plain.seconds}
+
+    def bench_extra(self, bench, variables, batch, steps):
+        """The fusion network alone on the inference batch, in megapixels per second."""
+        if not self.fuses:
+            return {}
+        theta = {"params": variables["params"]["fusion"]}
+        _, ir, y = self._sources(batch)
+        fusion = bench.measure(jax.jit(self.fusion.apply), (theta, ir, y), steps)
+        pixels = ir.shape[0] * ir.shape[1] * ir.shape[2]
+        return {"fusion_batch_s": fusion.seconds,
+                "fusion_megapixels_per_s": pixels / fusion.seconds / 1e6,
+                "fusion_flops_per_pixel": fusion.flops / pixels}
+
+    @staticmethod
+    def bench_lines(result):
+        r, lines = result, []
+        if "fusion_megapixels_per_s" in r:
+            lines.append(f"fusion network alone  {r['fusion_batch_s'] * 1e3:9.1f} ms   "
+                         f"{r['fusion_megapixels_per_s']:8.2f} megapixels/s   "
+                         f"({r['fusion_flops_per_pixel'] / 1e3:.0f} kFLOP per pixel)")
+        if "bilevel_hyper_step_s" in r:
+            lines += [
+                f"bi-level step, hyper  {r['bilevel_hyper_step_s'] * 1e3:9.1f} ms   "
+                f"(critic, task networks and the fusion network's hypergradient; "
+                f"{r['bilevel_hyper_memory_bytes'] / 2**30:.2f} GiB)",
+                f"bi-level step, lower  {r['bilevel_lower_step_s'] * 1e3:9.1f} ms   "
+                f"(critic and task networks only; "
+                f"{r['bilevel_lower_memory_bytes'] / 2**30:.2f} GiB)",
+                f"bi-level mean step    {r['bilevel_mean_step_s'] * 1e3:9.1f} ms   "
+                f"(over one fusion period)",
+                f"plain fusion step     {r['plain_fusion_step_s'] * 1e3:9.1f} ms   "
+                f"(fusion loss alone, same networks; "
+                f"{r['plain_fusion_memory_bytes'] / 2**30:.2f} GiB)",
+                f"hypergradient overhead  hyper step {r['hyper_over_plain']:.2f}x, "
+                f"mean step {r['mean_over_plain']:.2f}x the plain step",
+            ]
+        return lines
 
 
 def normalize01(image: jax.Array) -> jax.Array:
@@ -428,10 +609,6 @@ def normalize01(image: jax.Array) -> jax.Array:
     return normalize_images(image * 255.0)
 
 
-def seg_loss(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
-    """Per-pixel cross-entropy of stride-8 logits upsampled to the mask (255 ignored)."""
-    from adverse_vision.methods.dnhl import pixel_cross_entropy  # pylint: disable=import-outside-toplevel
-    return pixel_cross_entropy(logits, mask, valid)
 
 
 def _windows(batch: dict[str, np.ndarray]) -> list[tuple[int, int, int, int]]:
@@ -504,6 +681,6 @@ class BDLFEvaluator:
         return "\n".join(lines)
 
 
-__all__ = ["BDLFEvaluator", "BDLFMethod", "check_config", "normalize01", "seg_loss"]
+__all__ = ["BDLFEvaluator", "BDLFMethod", "check_config", "defaults", "normalize01"]
 
 

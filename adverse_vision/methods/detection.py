@@ -1,4 +1,13 @@
-"""YOLOX detection on degraded images: model, loss, prediction and VOC evaluation."""
+"""YOLOX detection on degraded images: model, loss, prediction and VOC evaluation.
+
+The plain detection method, and the base of the methods built on a YOLOX detector.
+Its config keys (``model.*``): the YOLOX ``size`` (or ``depth`` and ``width``
+multipliers), ``act``, the loss variant ``loss`` ("yolox" or TogetherNet's
+"togethernet" focal objectness) with ``l1_from_fraction`` (stock YOLOX turns on its
+L1 term for the last part of training), the postprocessing (``conf_threshold``,
+``nms_iou``, ``max_detections``) and ``init_from`` (a workdir, a checkpoint or an
+official ``.pth`` whose matching tensors start the run).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +17,33 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from adverse_vision import methods
+from adverse_vision.config import ConfigError, check_choice, check_ranges
+from adverse_vision.data import catalog
 from adverse_vision.losses.detection import yolox_loss
 from adverse_vision.metrics.detection import VOCEvaluator
 from adverse_vision.models.yolox import YOLOX
 from adverse_vision.ops import boxes as box_ops
 from adverse_vision.ops.nms import postprocess
+
+MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
+LOSS_VARIANTS = ("yolox", "togethernet")
+#: Official YOLOX keys (Megvii's and the "bubbliiiing" YOLOX that TogetherNet builds on
+#: share them) -> the flax paths of :class:`adverse_vision.models.yolox.YOLOX`.
+YOLOX_RULES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.backbone\.stem\.conv\.", "backbone/stem/conv/"),
+    (r"^backbone\.backbone\.dark5\.0\.", "backbone/dark5/conv/"),
+    (r"^backbone\.backbone\.dark5\.1\.", "backbone/dark5/spp/"),
+    (r"^backbone\.backbone\.dark5\.2\.", "backbone/dark5/csp/"),
+    (r"^backbone\.backbone\.dark([234])\.0\.", r"backbone/dark\1/conv/"),
+    (r"^backbone\.backbone\.dark([234])\.1\.", r"backbone/dark\1/csp/"),
+    (r"^backbone\.(lateral_conv0|C3_p4|reduce_conv1|C3_p3|bu_conv2|C3_n3|bu_conv1|C3_n4)\.",
+     r"neck/\1/"),
+    (r"^head\.stems\.(\d+)\.", r"head/stems_\1/"),
+    (r"^head\.(cls|reg)_convs\.(\d+)\.(\d+)\.", r"head/\1_convs_\2_\3/"),
+    (r"^head\.(cls|reg|obj)_preds\.(\d+)\.", r"head/\1_preds_\2/"),
+)
+
 
 # The ImageNet statistics the TogetherNet / bubbliiiing YOLOX code normalises inputs with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,15 +62,58 @@ def model_size(cfg: ml_collections.ConfigDict):
     return cfg.model.size
 
 
-class DetectionMethod:
+def yolox_defaults() -> ml_collections.ConfigDict:
+    """The ``model`` keys of a YOLOX detector."""
+    return ml_collections.ConfigDict({"model": {
+        "size": "s",
+        "depth": 0.0,  # >0 overrides the size's depth multiplier
+        "width": 0.0,  # >0 overrides the size's width multiplier
+        "act": "silu",
+        "loss": "yolox",  # or "togethernet"
+        "l1_from_fraction": 1.0,  # stock YOLOX turns on L1 for the last epochs
+        "conf_threshold": 0.001,
+        "nms_iou": 0.65,
+        "max_detections": 100,
+    }})
+
+
+def check_yolox(cfg: ml_collections.ConfigDict) -> None:
+    """The values of :func:`yolox_defaults`' keys; a stride-32 image size."""
+    check_choice(cfg, "model.size", MODEL_SIZES)
+    check_choice(cfg, "model.loss", LOSS_VARIANTS)
+    check_ranges(cfg, (("model.depth", 0.0, None, True), ("model.width", 0.0, None, True),
+                       ("model.l1_from_fraction", 0.0, 1.0, True),
+                       ("model.conf_threshold", 0.0, 1.0, True), ("model.nms_iou", 0.0, 1.0, True),
+                       ("model.max_detections", 1, None, True)))
+    if cfg.image_size % 32:
+        raise ConfigError(f"config key 'image_size' must be a multiple of 32, got {cfg.image_size}")
+
+
+@methods.register("detection")
+class DetectionMethod(methods.Method):
     """YOLOX trained on the degraded image of each sample, evaluated by VOC mAP@0.5."""
 
-    best_metric = "val/mAP"
+    datasets = catalog.BOX_DATASETS
+    best_metric = "mAP"
     # Batch entries the evaluator reads (gathered to the host; images are not).
     eval_keys = ("boxes", "classes", "box_mask", "difficult", "valid", "scale", "offset")
+    converters = {"yolox": methods.Converter("adverse_vision.models.yolox:YOLOX", YOLOX_RULES,
+                                             config="configs/yolox_scenes.py")}
+    init_rules = YOLOX_RULES
+
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        c = yolox_defaults()
+        c.model.init_from = ""  # a workdir, checkpoint or official .pth to start from
+        return c
+
+    @classmethod
+    def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
+        super().check_config(cfg)
+        check_yolox(cfg)
 
     def __init__(self, cfg: ml_collections.ConfigDict):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.num_classes = len(cfg.data.class_names)
         self.model = self.make_model()
         grid, strides = box_ops.anchor_grid(cfg.image_size)
@@ -88,8 +162,15 @@ class DetectionMethod:
                           max_detections=self.cfg.model.max_detections)
         return det._asdict()
 
+    def make_pipeline(self, bundle, source, *, train, seed, data_cfg):
+        return catalog.box_pipeline(bundle, source, train=train, seed=seed, data_cfg=data_cfg)
+
     def make_evaluator(self) -> "DetectionEvaluator":
         return DetectionEvaluator(self.cfg.data.class_names)
+
+    @property
+    def detects(self) -> bool:
+        return True
 
 
 class DetectionEvaluator:

@@ -43,6 +43,7 @@ of the network's FLOPs (12 of 47 GFLOPs for TogetherNet-s at 640 px), so
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -50,9 +51,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from adverse_vision import methods
+from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.methods.detection import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    YOLOX_RULES,
     DetectionEvaluator,
     DetectionMethod,
     model_size,
@@ -61,28 +65,57 @@ from adverse_vision.methods.detection import (
 from adverse_vision.metrics.image import psnr
 from adverse_vision.models.togethernet import TogetherNet
 
+#: Official TogetherNet keys -> the flax paths of
+#: :class:`adverse_vision.models.togethernet.TogetherNet` (YOLOX's for the rest).
+TOGETHERNET_RULES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.backbone\.deconv\.", "dtfe/deconv/"),
+    (r"^backbone\.backbone\.swt1\.m\.tr\.(\d+)\.", r"dtfe/swt1/m/tr_\1/"),
+    (r"^backbone\.backbone\.swt1\.", "dtfe/swt1/"),
+    (r"^backbone\.(sc\d+)\.k1\.0\.", r"neck/\1/k1/"),
+    (r"^backbone\.(sc\d+)\.scconv\.k2\.1\.", r"neck/\1/scconv/k2/"),
+    (r"^backbone\.(sc\d+)\.scconv\.k([34])\.0\.", r"neck/\1/scconv/k\2/"),
+    (r"^backbone\.(sc\d+)\.", r"neck/\1/"),
+    (r"^backbone\.decoder\.conv_([123])\.0\.", r"decoder/conv_\1/deconv/"),
+    (r"^backbone\.decoder\.conv_([123])\.1\.", r"decoder/conv_\1/bn/"),
+    (r"^backbone\.decoder\.conv_4\.1\.", "decoder/conv_4/"),
+) + YOLOX_RULES
+
+
 #: PSNR cap of one image pair (dB): identical images would give inf and make the mean inf.
 MAX_PSNR = 100.0
 
 
+@methods.register("togethernet")
 class TogetherNetMethod(DetectionMethod):
     """TogetherNet trained on the degraded image with the clear twin as the
     restoration target; evaluated by VOC mAP@0.5 and the PSNR of its restoration."""
 
-    best_metric = "val/mAP"
     # The images are needed on the host for the PSNR (small at these sizes).
     eval_keys = DetectionMethod.eval_keys + ("orig_size", "image", "clean")
+    converters = {"togethernet": methods.Converter(
+        "adverse_vision.models.togethernet:TogetherNet", TOGETHERNET_RULES,
+        config="configs/togethernet_scenes.py")}
+    init_rules = TOGETHERNET_RULES
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
-        if cfg.method != "togethernet":
-            raise ValueError(f"config key 'method' is {cfg.method!r}; TogetherNetMethod needs 'togethernet'")
-        for key in ("det_weight", "restore_weight"):
-            value = float(cfg.model[key])
-            if not value >= 0:
-                raise ValueError(f"config key 'model.{key}' must be >= 0, got {cfg.model[key]!r}")
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        c = super().defaults()
+        # The joint loss: det_weight x detection + restore_weight x MSE(restored, clear).
+        c.model.det_weight = 0.2
+        c.model.restore_weight = 0.8
+        c.model.restore_target = "signed"  # clear image in [-1, 1]; "imagenet": the official quirk
+        c.model.dropout = 0.1  # transformer dropout in the DTFE
+        return c
+
+    @classmethod
+    def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
+        super().check_config(cfg)
+        check_choice(cfg, "model.restore_target", ("signed", "imagenet"))
+        check_ranges(cfg, (("model.det_weight", 0.0, None, True),
+                           ("model.restore_weight", 0.0, None, True)))
         if not 0.0 <= float(cfg.model.dropout) < 1.0:
-            raise ValueError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout!r}")
-        super().__init__(cfg)
+            raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got "
+                              f"{cfg.model.dropout!r}")
 
     def make_model(self) -> TogetherNet:
         return TogetherNet(num_classes=self.num_classes, size=model_size(self.cfg),
@@ -148,6 +181,17 @@ class TogetherNetMethod(DetectionMethod):
     def predict_with_restoration(self, variables, batch) -> dict[str, jax.Array]:
         """:meth:`predict` with the restored image, whatever the evaluation needs."""
         return self.predict(variables, batch, restore=True)
+
+    #: ``predict`` writes the restored image (``_restored.png``) unless ``--norestore``.
+    restores = True
+
+    def predict_fn(self, restore: bool):
+        return functools.partial(self.predict, restore=bool(restore))
+
+    def prediction_images(self, outputs, i, to_original):
+        if "restored" not in outputs:
+            return {}
+        return {"_restored.png": to_original(outputs["restored"][i], value_range=(-1.0, 1.0))}
 
     def make_evaluator(self) -> "TogetherNetEvaluator":
         return TogetherNetEvaluator(self.cfg.data.class_names)

@@ -20,7 +20,7 @@ import pytest
 from adverse_vision import trainer as trainer_lib
 from adverse_vision.convert import read_state_dict
 from adverse_vision.convert.pretrained import COCO_CLASSES, export_workdir
-from adverse_vision.convert.togethernet import flatten
+from adverse_vision.convert.keys import flatten
 from adverse_vision.models.togethernet import TogetherNet
 from tests.convert.test_pretrained import official_yolox
 from tests.convert.test_togethernet_convert import _tensor, _write_pth

@@ -23,8 +23,9 @@ from adverse_vision import parallel
 from adverse_vision import trainer as trainer_lib
 from adverse_vision.checkpoint import Checkpointer
 from adverse_vision.convert import pretrained
-from adverse_vision.convert.togethernet import flatten
+from adverse_vision.convert.keys import flatten
 from adverse_vision.data import factory
+from adverse_vision.methods.detection import YOLOX_RULES
 from adverse_vision.models.yolox import YOLOX
 from tests.convert.test_togethernet_convert import _tensor, _write_pth
 from tests.helpers import smoke_config
@@ -95,6 +96,14 @@ class _Records(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+def init_from(tr, state, path, report=None):
+    """The state a run of ``tr``'s config starts from with ``model.init_from=path``, as
+    ``Trainer.start_state`` builds it from ``state``."""
+    filled = pretrained.load_into(state, path, tr.method.init_rules, tr.cfg.method,
+                                  report=report)
+    return tr.with_variables(state, filled.pop("params"), model_state=filled)
+
+
 @pytest.fixture(scope="module")
 def fresh():
     cfg = smoke_config()
@@ -115,14 +124,14 @@ def records():
 
 
 def test_coco_yolox_into_five_classes(fresh, records, tmp_path):
-    cfg, tr, state, init = fresh
+    _, tr, state, init = fresh
     sd, expected = official_yolox(80)
     sd["backbone.decoder.conv_4.1.weight"] = np.zeros((3, 8, 7, 7), np.float32)  # no counterpart
     path = tmp_path / "yolox_coco.pth"
     _write_pth(path, {"start_epoch": 300, "model": collections.OrderedDict(
         ("module." + k, _tensor(v)) for k, v in sd.items())})
     reports = []
-    new = pretrained.init_state_from(state, str(path), cfg, report=reports)
+    new = init_from(tr, state, str(path), report=reports)
     got = _variables(new)
     assert set(got) == set(init)
     cls = sorted(p for p in init if p[2].startswith("cls_preds_"))
@@ -165,39 +174,44 @@ def test_coco_yolox_into_five_classes(fresh, records, tmp_path):
 
 
 def test_ema_starts_at_the_loaded_params(fresh, tmp_path):
-    cfg, _, state, _ = fresh
-    cfg = smoke_config(**{"optimizer.ema_decay": 0.999})
+    _, tr, state, _ = fresh
     # The state an EMA config starts from (the same as a plain one, plus EMA parameters).
     state = state.replace(ema_params=jax.tree.map(jnp.copy, state.params))
     sd, expected = official_yolox(5, seed=1)
     path = tmp_path / "yolox.npz"
     np.savez(path, **sd)
-    new = pretrained.init_state_from(state, str(path), cfg)
+    new = init_from(tr, state, str(path))
     ema = flatten(jax.device_get(new.ema_params))
     assert len(ema) == len(flatten(jax.device_get(new.params)))
     for p, v in ema.items():
         np.testing.assert_array_equal(v, expected[("params",) + p], err_msg=str(p))
+    # In buffers of their own: the train step donates the state, and one buffer cannot
+    # be donated twice.
+    pointers = {x.addressable_shards[0].data.unsafe_buffer_pointer()
+                for x in jax.tree.leaves(new.params)}
+    assert not pointers & {x.addressable_shards[0].data.unsafe_buffer_pointer()
+                           for x in jax.tree.leaves(new.ema_params)}
 
 
 def test_errors(fresh, tmp_path):
-    cfg, _, state, _ = fresh
+    _, tr, state, _ = fresh
     missing = tmp_path / "nothing_here.pth"
     with pytest.raises(FileNotFoundError, match="nothing_here.pth not found"):
-        pretrained.init_state_from(state, str(missing), cfg)
+        init_from(tr, state, str(missing))
     path = tmp_path / "other.npz"
     np.savez(path, **{"encoder.layer1.weight": np.zeros((4, 3, 3, 3), np.float32)})
     with pytest.raises(ValueError, match=r"other\.npz: none of its 1 tensors matches a variable "
                                          r"of the 'detection' model.*encoder\.layer1\.weight"):
-        pretrained.init_state_from(state, str(path), cfg)
+        init_from(tr, state, str(path))
     sd, _ = official_yolox(5, seed=2)  # the right names, every shape another
     path = tmp_path / "stacked.npz"
     np.savez(path, **{k: np.stack([v, v]) for k, v in sd.items()})
     with pytest.raises(ValueError, match=r"stacked\.npz: none of its \d+ tensors.*another shape.*"
                                          r"another model size"):
-        pretrained.init_state_from(state, str(path), cfg)
+        init_from(tr, state, str(path))
     (tmp_path / "somedir").mkdir()
     with pytest.raises(ValueError, match="not a training workdir"):
-        pretrained.init_state_from(state, str(tmp_path / "somedir"), cfg)
+        init_from(tr, state, str(tmp_path / "somedir"))
 
 
 class _Stop(Exception):
@@ -227,15 +241,20 @@ def test_workdir_to_workdir(fresh, tmp_path, monkeypatch):
 
     # A new run with model.init_from = that workdir: what the trainer starts from.
     captured = {}
-    original = pretrained.init_state_from
+    load_into, start_state = pretrained.load_into, trainer_lib.Trainer.start_state
 
-    def spy(state, path, cfg, report=None):
+    def load_spy(state, path, rules, method="", report=None):
         reports = []
-        new = original(state, path, cfg, report=reports)
-        captured.update(path=path, state=new, report=reports[0])
+        filled = load_into(state, path, rules, method, report=reports)
+        captured.update(path=path, report=reports[0])
+        return filled
+
+    def start_spy(self):
+        captured["state"] = start_state(self)
         raise _Stop  # the start is all this checks
 
-    monkeypatch.setattr(pretrained, "init_state_from", spy)
+    monkeypatch.setattr(pretrained, "load_into", load_spy)
+    monkeypatch.setattr(trainer_lib.Trainer, "start_state", start_spy)
     second = tmp_path / "second"
     with pytest.raises(_Stop):
         trainer_lib.train_and_evaluate(smoke_config(**{"model.init_from": str(first)}),
@@ -256,7 +275,8 @@ def test_workdir_to_workdir(fresh, tmp_path, monkeypatch):
     model3 = YOLOX(num_classes=3, size=SMOKE_SIZE)
     shapes3 = jax.eval_shape(lambda: model3.init(jax.random.key(0), jnp.zeros((1, 96, 96, 3)),
                                                  train=False))
-    filled, rep3 = pretrained.load_pretrained(str(first / "checkpoints" / "2"), shapes3, cfg3)
+    filled, rep3 = pretrained.load_pretrained(str(first / "checkpoints" / "2"), shapes3,
+                                              YOLOX_RULES, cfg3.method)
     assert rep3.step == 2 and len(rep3.kept) == 6 and len(rep3.mismatched) == 6
     assert all("cls_preds" in k for k in rep3.kept)
     assert ("params/head/cls_preds_1/kernel", "params/head/cls_preds_1/kernel", (1, 1, 32, 5),

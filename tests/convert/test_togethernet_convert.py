@@ -30,12 +30,10 @@ from adverse_vision.convert import (
     read_state_dict,
     reference_state_dict,
 )
-from adverse_vision.convert.togethernet import (
-    TOGETHERNET_RULES,
-    YOLOX_RULES,
-    module_path,
-)
+from adverse_vision.convert.keys import module_path
 from adverse_vision.convert.torch_pickle import state_dict_from
+from adverse_vision.methods.detection import YOLOX_RULES
+from adverse_vision.methods.togethernet import TOGETHERNET_RULES
 from tests.helpers import reference as reference_path
 
 NAME = "togethernet_s_seed0.npz"

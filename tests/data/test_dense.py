@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adverse_vision import config as config_lib
+from adverse_vision import methods
 from adverse_vision.data import factory
 from adverse_vision.data import pipeline as pl
 from adverse_vision.data.dense import dense_augment_config, make_dense_pipeline
@@ -233,8 +233,7 @@ def test_bad_arguments():
 
 
 def _cfg(name, **data):
-    cfg = config_lib.base_config()
-    cfg.method = "dnhl"
+    cfg = methods.config("dnhl")
     cfg.image_size = 32
     cfg.data.name = name
     cfg.data.num_workers = 0
@@ -268,8 +267,8 @@ def test_factory_scenes_tasks():
     b = next(factory.DataBundle(seg, per_host_batch=2).train_iterator())
     assert np.asarray(b["mask"]).shape == (2, 32, 32)
     seg.dnhl.task = "classification"
-    with pytest.raises(ValueError, match="scenes_crops"):
-        factory.DataBundle(seg, per_host_batch=2).source("train")
+    with pytest.raises(ValueError, match="scenes_crops"):  # checked with the config
+        methods.validate(seg)
     seg.dnhl.stage = "denoise"
     assert type(factory.DataBundle(seg, per_host_batch=2).source("val")).__name__ \
         == "ScenesSegmentationSource"
@@ -325,8 +324,8 @@ def test_factory_folder_datasets(tmp_path):
         factory.DataBundle(cfg, per_host_batch=2).source("train")
     cfg = _cfg("voc", root=str(voc))
     with pytest.raises(ValueError, match="'voc'"):
-        factory.DataBundle(cfg, per_host_batch=2).source("train")
+        methods.validate(cfg)
     cfg = _cfg("scenes")
     cfg.dnhl.stage = "pretrain"
     with pytest.raises(ValueError, match="dnhl.stage"):
-        factory.DataBundle(cfg, per_host_batch=2).source("train")
+        methods.validate(cfg)

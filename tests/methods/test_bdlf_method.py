@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adverse_vision import bilevel, parallel
+from adverse_vision import bilevel, methods, parallel
 from adverse_vision import trainer as trainer_lib
 from adverse_vision.data.factory import DataBundle
+from adverse_vision.losses.cross_entropy import pixel_cross_entropy
 from adverse_vision.losses.fusion import critic_loss, fusion_loss, generator_loss
 from adverse_vision.methods import bdlf
 from adverse_vision.ops.color import fused_color, luminance
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_configs_build(tokens):
     cfg = bdlf_scenes.get_config(tokens)
     assert cfg.method == "bdlf"
-    bdlf.check_config(cfg)
+    methods.validate(cfg)
     assert isinstance(cfg.data.degrade, tuple) and len(cfg.data.degrade) == 2
 
 
@@ -40,7 +41,7 @@ def test_configs_build(tokens):
 def test_bad_values_are_named(key, value, match):
     cfg = smoke(**{key: value, "bdlf.aggregation": "fixed" if "weights" in key else "random"})
     with pytest.raises(ValueError, match=match):
-        bdlf.BDLFMethod(cfg)
+        methods.validate(cfg)
 
 
 def test_baseline_modes_use_one_source():
@@ -183,7 +184,7 @@ def _explicit_branches(method, params, stats, batch, step):
     def segmentation(w, u, p):  # no dropout in these configs
         logits = method.segmenter.apply({"params": w}, colour(u, p), train=True,
                                         rngs={"dropout": jax.random.key(0)})
-        return bdlf.seg_loss(logits, p[0]["mask"], p[0]["valid"])
+        return pixel_cross_entropy(logits, p[0]["mask"], p[0]["valid"])
 
     def adv(u, w):  # the critic's generator term on the upper batch
         return generator_loss(critic(w, u), up[0]["valid"])
@@ -369,7 +370,7 @@ def test_m3fd_and_mfnet_configs_feed_paired_batches(tmp_path):
     make_mfnet(tmp_path / "mfnet", {f"{i:03d}": (24, 32) for i in range(6)})
     cfg = _small(bdlf_mfnet.get_config("fusion"), tmp_path / "mfnet")
     method = bdlf.BDLFMethod(cfg)
-    assert method.groups == ("fusion", "segmenter") and method.best_metric == "val/miou"
+    assert method.groups == ("fusion", "segmenter") and method.best_metric == "miou"
     it = DataBundle(cfg, per_host_batch=2).train_iterator()
     batch = next(it)
     it.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from adverse_vision import trainer as trainer_lib
+from adverse_vision import methods
 from adverse_vision.methods import dnhl
 from tests.helpers import dnhl_smoke_config as smoke
 from configs import dnhl_imagenet_vgg16, dnhl_scenes_cls, dnhl_scenes_seg, dnhl_voc12_deeplab
@@ -25,7 +26,7 @@ def test_configs_build(module, tokens):
         cfg = module.get_config(token)
         assert cfg.method == "dnhl"
         assert cfg.dnhl.stage == token.split(",")[-1]
-        dnhl.check_config(cfg)
+        dnhl.DNHLMethod.check_config(cfg)
     assert module.get_config("").dnhl.stage == "joint"
 
 
@@ -33,11 +34,11 @@ def test_bad_values_are_named():
     cfg = smoke("denoise")
     cfg.dnhl.sigmas = ()
     with pytest.raises(ValueError, match="dnhl.sigmas"):
-        dnhl.DNHLMethod(cfg)
+        methods.validate(cfg)
     cfg = smoke("denoise")
     cfg.image_size = 34
     with pytest.raises(ValueError, match="image_size"):
-        dnhl.DNHLMethod(cfg)
+        methods.validate(cfg)
 
 
 def test_eval_noise_is_fixed_per_index():
@@ -138,7 +139,7 @@ def test_missing_or_unfit_stage_is_a_clear_error(stage_runs, tmp_path):
 def test_evaluate_prints_the_three_way_comparison(stage_runs, tmp_path):
     from PIL import Image  # pylint: disable=import-outside-toplevel
     from adverse_vision.data import factory  # pylint: disable=import-outside-toplevel
-    from adverse_vision.methods import dnhl_eval  # pylint: disable=import-outside-toplevel
+    from adverse_vision.methods.dnhl import comparison  # pylint: disable=import-outside-toplevel
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -146,7 +147,7 @@ def test_evaluate_prints_the_three_way_comparison(stage_runs, tmp_path):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     trainer, variables, _ = trainer_lib.restore_for_eval(stage_runs["joint"])
     data = factory.DataBundle(trainer.cfg, per_host_batch=trainer.cfg.batch_size)
-    rows, text = dnhl_eval.report(trainer, variables, data, "val", images=str(folder))
+    rows, text = comparison.report(trainer, variables, data, "val", images=str(folder))
     table_rows = [r for r in rows if "images_folder" not in r]
     assert [(r["sigma"], r["input"]) for r in table_rows] == [
         (s, name) for s in (25.0, 50.0) for name in ("noisy", "MSE-only denoiser", "joint denoiser")]

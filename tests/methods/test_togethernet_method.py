@@ -207,6 +207,6 @@ def test_evaluator_without_restoration_reports_map_only_and_caps_identical():
 
 def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="model.restore_weight"):
-        TogetherNetMethod(_cfg(restore_weight=-1.0))
+        methods.validate(_cfg(restore_weight=-1.0))
     with pytest.raises(ValueError, match="model.dropout"):
-        TogetherNetMethod(_cfg(dropout=1.0))
+        methods.validate(_cfg(dropout=1.0))

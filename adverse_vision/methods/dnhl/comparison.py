@@ -1,7 +1,7 @@
 """DN-HL's comparison table: the high-level metric and the denoising quality on noisy
 input, on the MSE-only denoiser's output and on the jointly trained denoiser's output.
 
-``python -m adverse_vision.evaluate --workdir RUN`` calls :func:`report` for DN-HL runs:
+``python -m adverse_vision.evaluate --workdir RUN`` prints :func:`report` for DN-HL runs:
 
 * a ``joint`` run: per sigma of ``dnhl.eval_sigmas``, three rows (noisy input, the
   MSE-only denoiser named by the run's ``model.init_from``, the joint denoiser), each
@@ -22,17 +22,18 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from adverse_vision.methods.dnhl.stages import DENOISER_KEYS, MAX_PSNR, load_stage
 from adverse_vision.metrics.image import psnr, ssim
-from adverse_vision.methods.dnhl import MAX_PSNR, denoiser_crop, load_stage, DENOISER_KEYS
+from adverse_vision.models.dnhl import denoiser_crop
 from adverse_vision.ops.tiles import tiled_apply
 
 #: Seeds the noise of the whole-image evaluation (one generator per image position).
 IMAGE_NOISE_SEED = 0x1A6E
 
 
-def _pass(trainer, fn, data, split: str) -> dict[str, float]:
-    """One pass of ``fn(batch) -> outputs`` over an evaluation split."""
-    metrics, _ = trainer.evaluate(None, data.val_pipeline(split), predict=fn)
+def _pass(trainer, fn, data, entry: str) -> dict[str, float]:
+    """One pass of ``fn(batch) -> outputs`` over the evaluation ``entry``."""
+    metrics, _ = trainer.evaluate(None, data.eval_pipeline(entry), predict=fn)
     return metrics
 
 
@@ -48,7 +49,7 @@ def _denoisers(trainer, variables) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
-def _rows(trainer, variables, data, split: str, sigmas, denoisers) -> list[dict[str, Any]]:
+def _rows(trainer, variables, data, entry: str, sigmas, denoisers) -> list[dict[str, Any]]:
     method = trainer.method
     _, high = method.split_variables(variables)
     with_den = jax.jit(lambda d, h, b, s: method.run(d, h, b, s))
@@ -57,15 +58,15 @@ def _rows(trainer, variables, data, split: str, sigmas, denoisers) -> list[dict[
     if method.stage == "high":
         clean = jax.jit(lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
         rows.append({"sigma": 0.0, "input": "clean",
-                     **_pass(trainer, lambda b: clean(high, b), data, split)})
+                     **_pass(trainer, lambda b: clean(high, b), data, entry)})
     for sigma in sigmas:
         s = float(sigma)
         # (for the denoising stages this includes the PSNR of the noisy input itself)
-        metrics = _pass(trainer, lambda b: no_den(high, b, s), data, split)
+        metrics = _pass(trainer, lambda b: no_den(high, b, s), data, entry)
         rows.append({"sigma": s, "input": "noisy", **metrics})
         for name, d in denoisers:
             rows.append({"sigma": s, "input": name,
-                         **_pass(trainer, lambda b, d=d: with_den(d, high, b, s), data, split)})
+                         **_pass(trainer, lambda b, d=d: with_den(d, high, b, s), data, entry)})
     return rows
 
 
@@ -128,11 +129,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(trainer, variables, data, split: str, images: Optional[str] = None):
-    """(rows, table text) of a DN-HL run; see the module docstring."""
+def report(trainer, variables, data, entry: str, images: Optional[str] = None):
+    """(rows, table text) of a DN-HL run on the evaluation ``entry``; see the module
+    docstring."""
     sigmas = tuple(trainer.cfg.dnhl.eval_sigmas)
     denoisers = _denoisers(trainer, variables)
-    rows = _rows(trainer, variables, data, split, sigmas, denoisers)
+    rows = _rows(trainer, variables, data, entry, sigmas, denoisers)
     text = format_table(rows)
     if images:
         extra = image_rows(trainer, images, sigmas, denoisers)

@@ -37,15 +37,31 @@ pixels left out), with ``psnr_noisy`` for the noisy input.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from adverse_vision import methods
+from adverse_vision.config import ConfigError, check_choice, check_ranges
+from adverse_vision.data import catalog
+from adverse_vision.losses.cross_entropy import cross_entropy, pixel_cross_entropy
+from adverse_vision.methods.dnhl import comparison
+from adverse_vision.methods.dnhl.stages import (
+    DENOISER_KEYS,
+    HIGH_KEYS,
+    MAX_PSNR,
+    STAGES,
+    TASKS,
+    add_noise,
+    check_fit,
+    crop,
+    eval_noise,
+    load_stage,
+    mse_255,
+)
 from adverse_vision.metrics.classification import AccuracyMeter
 from adverse_vision.metrics.image import psnr, ssim
 from adverse_vision.metrics.segmentation import SegmentationMeter
@@ -59,179 +75,89 @@ from adverse_vision.models.dnhl import (
 
 log = logging.getLogger("adverse_vision.dnhl")
 
-STAGES = ("high", "denoise", "joint")
-TASKS = ("classification", "segmentation")
-IGNORE_LABEL = 255
-#: Separates the evaluation noise from every other use of the run seed.
-EVAL_NOISE_SEED = 0x0D15E
-#: PSNR cap of one image (dB), so that a perfect image keeps the mean finite.
-MAX_PSNR = 100.0
+#: data.name -> source: the scenes' class masks or object crops, image and class
+#: folders, VOC segmentation.
+DATASETS = {"scenes": catalog.scenes_segmentation, "scenes_crops": catalog.scenes_crops,
+            "image_folder": catalog.image_folder, "class_folder": catalog.class_folder,
+            "voc_seg": catalog.voc_seg}
+#: The datasets of each task.
+TASK_DATASETS = {"classification": ("scenes_crops", "class_folder"),
+                 "segmentation": ("scenes", "voc_seg")}
 
 
-def add_noise(clean: jax.Array, sigma: jax.Array, key: jax.Array, clip: bool = False) -> jax.Array:
-    """``clean`` (float, [0, 1]) plus Gaussian noise of std ``sigma / 255``."""
-    noisy = clean + (sigma / 255.0) * jax.random.normal(key, clean.shape, clean.dtype)
-    return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
+@methods.register("dnhl")
+class DNHLMethod(methods.Method):
+    """One stage of DN-HL as a trainer method (see the package docstring)."""
 
+    datasets = DATASETS
 
-def eval_noise(clean: jax.Array, sigma: jax.Array, index: jax.Array, clip: bool = False) -> jax.Array:
-    """Noise drawn from a key fixed by each sample's ``index``: identical whatever the
-    batch, the device count or the model."""
-    base = jax.random.key(EVAL_NOISE_SEED)
-    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.maximum(index, 0))
-    noise = jax.vmap(lambda k: jax.random.normal(k, clean.shape[1:], clean.dtype))(keys)
-    noisy = clean + (sigma / 255.0) * noise
-    return jnp.clip(noisy, 0.0, 1.0) if clip else noisy
+    @classmethod
+    def defaults(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.model = ml_collections.ConfigDict()
+        c.model.init_from = ""  # the trained network's starting weights (an earlier stage's run)
+        d = c.dnhl = ml_collections.ConfigDict()
+        d.stage = "joint"  # high | denoise | joint
+        d.task = "classification"  # classification | segmentation
+        d.denoiser_form = "default"  # default ([0,1] RGB, padded) | official (Caffe form)
+        d.denoiser_width = 1.0  # channel multiplier of the denoiser
+        d.high_width = 1.0  # channel multiplier of the classifier / segmenter convs
+        d.high_fc = 0  # fc features (0: 4096 for VGG-16, 1024 for DeepLab-LargeFOV)
+        d.high_head = "avg"  # classifier: avg (global pool, any size) | flatten (224 px)
+        d.high_dropout = 0.5
+        d.high_from = ""  # joint: workdir of the high-level stage (loaded frozen)
+        d.sigmas = (30.0,)  # training noise sigmas on the 0-255 scale, one per batch
+        d.eval_sigmas = (15.0, 25.0, 50.0)  # evaluate's comparison
+        d.val_sigma = 50.0  # noise of the validation runs during training
+        d.rec_weight = 0.0038  # w in L_high + w * MSE (MSE on the 0-255 scale)
+        d.clip_noisy = False  # clip noisy images to [0, 1]
+        d.tile = 140  # tiled inference for whole images of any size
+        d.tile_stride = 64
+        d.psnr_border = 3
+        return c
 
-
-def crop(x: jax.Array, pixels: int) -> jax.Array:
-    """Drops ``pixels`` rows and columns on each side of axes 1 and 2."""
-    if pixels == 0:
-        return x
-    return x[:, pixels:x.shape[1] - pixels, pixels:x.shape[2] - pixels]
-
-
-def mse_255(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean squared error on the 0-255 scale of [0, 1] images, over valid images."""
-    per_image = jnp.mean(jnp.square((a - b) * 255.0), axis=tuple(range(1, a.ndim)))
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per_image * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
-    """Classification cross-entropy, mean over valid images."""
-    per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def pixel_cross_entropy(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:
-    """Per-pixel cross-entropy of stride-8 ``logits`` upsampled to the mask's size, mean
-    over the labelled pixels (label 255 ignored) of valid images."""
-    logits = upsample_logits(logits, mask.shape[1], mask.shape[2]).astype(jnp.float32)
-    labels = mask.astype(jnp.int32)
-    keep = (labels != IGNORE_LABEL) & valid[:, None, None]
-    per = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(keep, labels, 0))
-    w = keep.astype(jnp.float32)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first unusable ``dnhl`` key."""
-    d = cfg.dnhl
-    choices = {"dnhl.stage": (d.stage, STAGES), "dnhl.task": (d.task, TASKS),
-               "dnhl.denoiser_form": (d.denoiser_form, ("default", "official")),
-               "dnhl.high_head": (d.high_head, ("avg", "flatten"))}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"config key '{key}' is {value!r}; expected one of {allowed}")
-    sigmas = tuple(d.sigmas)
-    if not sigmas or any(not float(s) >= 0 for s in sigmas):
-        raise ValueError(f"config key 'dnhl.sigmas' must be a non-empty list of values >= 0, "
-                         f"got {d.sigmas!r}")
-    if any(not float(s) >= 0 for s in tuple(d.eval_sigmas)) or not float(d.val_sigma) >= 0:
-        raise ValueError("config keys 'dnhl.eval_sigmas' and 'dnhl.val_sigma' must be >= 0")
-    for key in ("denoiser_width", "high_width"):
-        if not float(d[key]) > 0:
-            raise ValueError(f"config key 'dnhl.{key}' must be > 0, got {d[key]!r}")
-    if not float(d.rec_weight) >= 0:
-        raise ValueError(f"config key 'dnhl.rec_weight' must be >= 0, got {d.rec_weight!r}")
-    if not 0.0 <= float(d.high_dropout) < 1.0:
-        raise ValueError(f"config key 'dnhl.high_dropout' must be in [0, 1), got {d.high_dropout!r}")
-    size = int(cfg.image_size)
-    multiple_of = size - 4 if d.denoiser_form == "official" else size
-    if d.stage != "high" and (multiple_of <= 0 or multiple_of % 4):
-        need = "image_size - 4" if d.denoiser_form == "official" else "image_size"
-        raise ValueError(f"config key 'image_size' is {size}: the {d.denoiser_form} denoiser "
-                         f"needs {need} to be a positive multiple of 4")
-
-
-def num_classes(cfg: ml_collections.ConfigDict) -> int:
-    """``len(data.class_names)``; for a class folder without class names, the number of
-    class subfolders of its training split."""
-    if cfg.data.class_names:
-        return len(cfg.data.class_names)
-    if cfg.data.name == "class_folder":
-        root = os.path.join(cfg.data.root, cfg.data.train_split)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"config key 'data.root': class folder {root} not found")
-        names = [n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n))]
-        if names:
-            return len(names)
-        raise ValueError(f"config key 'data.root': {root} has no class subfolders")
-    raise ValueError("config key 'data.class_names' is empty")
-
-
-#: Config keys that must agree between a stage and the run that loads it.
-DENOISER_KEYS = ("dnhl.denoiser_form", "dnhl.denoiser_width")
-HIGH_KEYS = ("dnhl.task", "dnhl.high_width", "dnhl.high_fc", "dnhl.high_head")
-
-
-def _value(cfg, path: str):
-    for part in path.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
-
-
-def check_fit(loaded, current, what: str) -> None:
-    """Raises ValueError naming the first variable that ``loaded`` lacks, has in excess
-    or holds with another shape, compared with ``current``."""
-    have, want = _shapes(loaded), _shapes(current)
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    wrong = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-        if extra:
-            parts.append(f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{k} has shape {have[k]}, the model needs {want[k]}"
-                         + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
-        raise ValueError(f"{what} does not fit this model: " + "; ".join(parts))
-
-
-def load_stage(workdir: str, key: str, stages: tuple[str, ...], cfg: ml_collections.ConfigDict,
-               agree: tuple[str, ...]):
-    """(config, eval variables, step) of an earlier DN-HL stage's ``workdir``, named by
-    config key ``key``; checks that it is a DN-HL run of one of ``stages`` whose
-    ``agree`` config keys equal ``cfg``'s."""
-    from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
-    if not workdir:
-        raise ValueError(f"config key '{key}' is empty: stage '{cfg.dnhl.stage}' starts from "
-                         f"the workdir of a '{'/'.join(stages)}' run")
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"config key '{key}': {workdir} is not a directory")
-    other = trainer_lib.load_workdir_config(workdir)
-    if other.method != "dnhl" or other.dnhl.stage not in stages:
-        got = other.method if other.method != "dnhl" else f"dnhl stage '{other.dnhl.stage}'"
-        raise ValueError(f"config key '{key}': {workdir} is a {got} run; expected a DN-HL "
-                         f"'{'/'.join(stages)}' run")
-    for path in agree + (("data.class_names",) if "dnhl.task" in agree else ()):
-        mine, theirs = _value(cfg, path), _value(other, path)
-        if tuple(np.atleast_1d(mine)) != tuple(np.atleast_1d(theirs)):
-            raise ValueError(f"config key '{key}': {workdir} was trained with {path}={theirs!r}, "
-                             f"this run has {mine!r}")
-    _, variables, step = trainer_lib.restore_for_eval(workdir, "best")
-    return other, variables, step
-
-
-class DNHLMethod:
-    """One stage of DN-HL as a trainer method (see the module docstring)."""
+    @classmethod
+    def check_config(cls, cfg: ml_collections.ConfigDict) -> None:
+        super().check_config(cfg)
+        d = cfg.dnhl
+        check_choice(cfg, "dnhl.stage", STAGES)
+        check_choice(cfg, "dnhl.task", TASKS)
+        check_choice(cfg, "dnhl.denoiser_form", ("default", "official"))
+        check_choice(cfg, "dnhl.high_head", ("avg", "flatten"))
+        task = "denoise" if d.stage == "denoise" else d.task
+        if task != "denoise" and cfg.data.name not in TASK_DATASETS[task]:
+            raise ConfigError(f"config key 'data.name' is {cfg.data.name!r}, which has no "
+                              f"{'class labels' if task == 'classification' else 'masks'} for "
+                              f"'dnhl.task' {task!r}; use one of {TASK_DATASETS[task]}")
+        sigmas = tuple(d.sigmas)
+        if not sigmas or any(not float(s) >= 0 for s in sigmas):
+            raise ConfigError(f"config key 'dnhl.sigmas' must be a non-empty list of values "
+                              f">= 0, got {d.sigmas!r}")
+        if any(not float(s) >= 0 for s in tuple(d.eval_sigmas)):
+            raise ConfigError(f"config key 'dnhl.eval_sigmas' must hold values >= 0, got "
+                              f"{d.eval_sigmas!r}")
+        check_ranges(cfg, (("dnhl.val_sigma", 0.0, None, True),
+                           ("dnhl.denoiser_width", 0.0, None, False),
+                           ("dnhl.high_width", 0.0, None, False),
+                           ("dnhl.rec_weight", 0.0, None, True),
+                           ("dnhl.high_fc", 0, None, True),
+                           ("dnhl.tile", 1, None, True), ("dnhl.tile_stride", 1, None, True),
+                           ("dnhl.psnr_border", 0, None, True)))
+        if not 0.0 <= float(d.high_dropout) < 1.0:
+            raise ConfigError(f"config key 'dnhl.high_dropout' must be in [0, 1), got "
+                              f"{d.high_dropout!r}")
+        size = int(cfg.image_size)
+        multiple_of = size - 4 if d.denoiser_form == "official" else size
+        if d.stage != "high" and (multiple_of <= 0 or multiple_of % 4):
+            need = "image_size - 4" if d.denoiser_form == "official" else "image_size"
+            raise ConfigError(f"config key 'image_size' is {size}: the {d.denoiser_form} "
+                              f"denoiser needs {need} to be a positive multiple of 4")
 
     def __init__(self, cfg: ml_collections.ConfigDict):
-        check_config(cfg)
-        self.cfg = cfg
+        super().__init__(cfg)
         d = cfg.dnhl
         self.stage, self.task = d.stage, d.task
-        self.num_classes = num_classes(cfg)
+        self.num_classes = len(catalog.class_names(cfg.data))
         dtype = jnp.dtype(cfg.model.dtype)
         self.denoiser = Denoiser(form=d.denoiser_form, width=float(d.denoiser_width), dtype=dtype)
         self.crop = denoiser_crop(d.denoiser_form) if self.stage != "high" else 0
@@ -240,18 +166,34 @@ class DNHLMethod:
             self.high = VGG16Classifier(num_classes=self.num_classes, width=float(d.high_width),
                                         fc_features=fc or 4096, head=d.high_head,
                                         dropout_rate=float(d.high_dropout), dtype=dtype)
-            self.best_metric = "val/top1"
+            self.best_metric = "top1"
             label_keys = ("label",)
         else:
             self.high = DeepLabLargeFOV(num_classes=self.num_classes, width=float(d.high_width),
                                         fc_features=fc or 1024,
                                         dropout_rate=float(d.high_dropout), dtype=dtype)
-            self.best_metric = "val/miou"
+            self.best_metric = "miou"
             label_keys = ("mask",)
         if self.stage == "denoise":
-            self.best_metric = "val/psnr"
+            self.best_metric = "psnr"
             label_keys = ()
         self.eval_keys = ("valid", "index") + label_keys + (("image",) if self.stage != "high" else ())
+
+    # ------------------------------------------------------------------ data
+    @property
+    def dense_task(self) -> str:
+        """What a batch carries besides the image: "denoise" (nothing), a class
+        "label" ("classification") or a "mask" ("segmentation")."""
+        return "denoise" if self.stage == "denoise" else self.task
+
+    def make_pipeline(self, bundle, source, *, train, seed, data_cfg):
+        return catalog.dense_pipeline(bundle, source, train=train, seed=seed, data_cfg=data_cfg,
+                                      task=self.dense_task)
+
+    def report(self, trainer, variables, bundle, entry, options):
+        """The comparison table of :mod:`adverse_vision.methods.dnhl.comparison`."""
+        rows, table = comparison.report(trainer, variables, bundle, entry, options.get("images"))
+        return {"rows": rows}, f"DN-HL stage {self.stage}\n{table}"
 
     # ------------------------------------------------------------------ state
     def _high_input_size(self) -> int:
@@ -389,6 +331,27 @@ class DNHLMethod:
     def make_evaluator(self) -> "DNHLEvaluator":
         return DNHLEvaluator(self.task, self.num_classes, self.crop,
                              int(self.cfg.dnhl.psnr_border))
+
+    # ------------------------------------------------------------------ benchmark
+    def bench_extra(self, bench, variables, batch, steps):
+        """The denoiser alone on the inference batch, in megapixels per second (stages
+        that have one)."""
+        if self.stage == "high":
+            return {}
+        den, _ = self.split_variables(variables)
+        x = batch["image"].astype(jnp.float32) / 255.0
+        denoiser = bench.measure(jax.jit(lambda d, x: self.denoiser.apply(d, x, train=False)),
+                                 (den, x), steps)
+        pixels = x.shape[0] * x.shape[1] * x.shape[2]
+        return {"denoiser_batch_s": denoiser.seconds,
+                "denoiser_megapixels_per_s": pixels / denoiser.seconds / 1e6}
+
+    @staticmethod
+    def bench_lines(result):
+        if "denoiser_megapixels_per_s" not in result:
+            return []
+        return [f"denoiser alone         {result['denoiser_batch_s'] * 1e3:9.1f} ms   "
+                f"{result['denoiser_megapixels_per_s']:8.2f} megapixels/s"]
 
 
 class DNHLEvaluator:

@@ -1,9 +1,10 @@
-"""Official PyTorch state dicts of YOLOX, TogetherNet and BDLF -> flax variables.
+"""Official PyTorch state dicts -> flax variables, by key rules.
 
-Key names follow the reference implementations (Megvii YOLOX and the
-"bubbliiiing"-style YOLOX that TogetherNet builds on share them); the flax paths
-are those documented in ``adverse_vision.models.yolox`` and
-``adverse_vision.models.togethernet``. Layout changes:
+A network's rules (declared by the method that reads its weights,
+``Method.converters``) are ``(pattern, replacement)`` pairs applied in order to the
+module prefix of an official key ("a.b.c." of "a.b.c.weight"); the first matching
+rule is used, then CSP bottleneck indices ``.m.<i>.`` become ``m_<i>`` and the
+remaining dots separate the path components of the flax variable. Layout changes:
 
 * conv weights (O, I, kh, kw) -> ``kernel`` (kh, kw, I, O);
 * transposed-conv weights (I, O, kh, kw) -> ``kernel`` (kh, kw, O, I) of a flax
@@ -23,45 +24,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-
-# (pattern, replacement) applied in order to the module prefix ("a.b.c." of "a.b.c.weight");
-# the first matching rule is used, then CSP bottleneck indices ``.m.<i>.`` become ``m_<i>``
-# and the remaining dots separate path components.
-YOLOX_RULES: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.backbone\.stem\.conv\.", "backbone/stem/conv/"),
-    (r"^backbone\.backbone\.dark5\.0\.", "backbone/dark5/conv/"),
-    (r"^backbone\.backbone\.dark5\.1\.", "backbone/dark5/spp/"),
-    (r"^backbone\.backbone\.dark5\.2\.", "backbone/dark5/csp/"),
-    (r"^backbone\.backbone\.dark([234])\.0\.", r"backbone/dark\1/conv/"),
-    (r"^backbone\.backbone\.dark([234])\.1\.", r"backbone/dark\1/csp/"),
-    (r"^backbone\.(lateral_conv0|C3_p4|reduce_conv1|C3_p3|bu_conv2|C3_n3|bu_conv1|C3_n4)\.",
-     r"neck/\1/"),
-    (r"^head\.stems\.(\d+)\.", r"head/stems_\1/"),
-    (r"^head\.(cls|reg)_convs\.(\d+)\.(\d+)\.", r"head/\1_convs_\2_\3/"),
-    (r"^head\.(cls|reg|obj)_preds\.(\d+)\.", r"head/\1_preds_\2/"),
-)
-
-TOGETHERNET_RULES: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.backbone\.deconv\.", "dtfe/deconv/"),
-    (r"^backbone\.backbone\.swt1\.m\.tr\.(\d+)\.", r"dtfe/swt1/m/tr_\1/"),
-    (r"^backbone\.backbone\.swt1\.", "dtfe/swt1/"),
-    (r"^backbone\.(sc\d+)\.k1\.0\.", r"neck/\1/k1/"),
-    (r"^backbone\.(sc\d+)\.scconv\.k2\.1\.", r"neck/\1/scconv/k2/"),
-    (r"^backbone\.(sc\d+)\.scconv\.k([34])\.0\.", r"neck/\1/scconv/k\2/"),
-    (r"^backbone\.(sc\d+)\.", r"neck/\1/"),
-    (r"^backbone\.decoder\.conv_([123])\.0\.", r"decoder/conv_\1/deconv/"),
-    (r"^backbone\.decoder\.conv_([123])\.1\.", r"decoder/conv_\1/bn/"),
-    (r"^backbone\.decoder\.conv_4\.1\.", "decoder/conv_4/"),
-) + YOLOX_RULES
-
-# BDLF: the fusion network and the critic under the project's names or the official
-# training checkpoint's (``Network_IJCAI``: enhance_net, discriminator, denoise_net).
-BDLF_RULES: tuple[tuple[str, str], ...] = (
-    (r"^(fusion|enhance_net)\.", "fusion/"),
-    (r"^(critic|discriminator)\.net\.(\d+)\.", r"critic/net_\2/"),
-)
-#: The official checkpoint's FCOS detector, which the project replaces by its own task networks.
-BDLF_IGNORED: tuple[str, ...] = (r"^denoise_net\.",)
 
 _COMPILED: dict[tuple, list] = {}
 
@@ -163,7 +125,7 @@ def convert_state_dict(
       state_dict: official key -> numpy array.
       abstract: the flax variables tree (arrays or ``jax.ShapeDtypeStruct`` leaves),
         e.g. from ``jax.eval_shape(model.init, ...)``.
-      rules: module prefix rewriting rules (``YOLOX_RULES``, ``TOGETHERNET_RULES``).
+      rules: module prefix rewriting rules (a network's ``Converter.rules``).
       strict: raise when an official key is not consumed or a variable not filled.
 
     Returns:
@@ -231,10 +193,6 @@ def infer_num_classes(state_dict: Mapping[str, np.ndarray]) -> int | None:
 
 
 __all__ = [
-    "BDLF_IGNORED",
-    "BDLF_RULES",
-    "TOGETHERNET_RULES",
-    "YOLOX_RULES",
     "convert_state_dict",
     "flatten",
     "infer_num_classes",

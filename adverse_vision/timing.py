@@ -1,0 +1,116 @@
+"""Timing compiled programs: ahead-of-time compilation, seconds per call, XLA's FLOPs
+and device memory, and the dense peak FLOP/s of known devices.
+
+Every program is compiled once, ahead of time, and that executable is timed on
+arguments already on the devices, so the timings leave compilation and transfers out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional
+
+import jax
+
+# Dense peak FLOP/s per device, by (device_kind substring, dtype). Sources: vendor sheets.
+PEAK_FLOPS = {
+    ("H100", "bfloat16"): 989e12, ("H100", "float32"): 67e12,
+    ("H200", "bfloat16"): 989e12, ("H200", "float32"): 67e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float32"): 19.5e12,
+    ("TPU v4", "bfloat16"): 275e12, ("TPU v5 lite", "bfloat16"): 197e12,
+    ("TPU v5e", "bfloat16"): 197e12, ("TPU v5p", "bfloat16"): 459e12,
+    ("TPU v6", "bfloat16"): 918e12,
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
+    """The dense peak FLOP/s of one device of ``device_kind`` in ``dtype``; None when
+    unknown."""
+    for (kind, dt), value in PEAK_FLOPS.items():
+        if kind.lower() in device_kind.lower() and dt == dtype:
+            return value
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One call of a compiled program: its seconds, and XLA's figures for it."""
+    seconds: float
+    compile_s: float
+    flops: float
+    memory_bytes: int  # device memory of one call: arguments, outputs and temporaries
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _memory_bytes(compiled) -> int:
+    """Arguments, outputs (less those that reuse a donated argument's buffer) and
+    temporaries of one call. (``peak_memory_in_bytes`` leaves out the temporaries on
+    XLA:CPU.)"""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return 0
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def _compile(fn, *args, **kwargs) -> tuple[Any, float]:
+    """(the executable of ``fn.lower(*args, **kwargs)``, compile seconds)."""
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def seconds_per_call(fn: Callable, args: tuple, steps: int) -> float:
+    """Seconds per call of ``fn(*args)`` (results blocked on), after one warm-up call."""
+    out = fn(*args)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / steps
+
+
+def measure(fn, args: tuple, steps: int) -> Measured:
+    """Compiles the jitted ``fn`` for ``args`` and times ``steps`` calls of it."""
+    compiled, compile_s = _compile(fn, *args)
+    return Measured(seconds_per_call(compiled, args, steps), compile_s, _flops(compiled),
+                    _memory_bytes(compiled))
+
+
+def measure_train_step(train_step, state, batch, steps: int,
+                       step: Optional[int] = None) -> Measured:
+    """Compiles a trainer's ``train_step`` for ``(state, batch)`` (its variant for
+    iteration ``step``; the state's step when None) and times ``steps`` calls, each on
+    the state the last one returned: the input state is donated, so ``state`` is
+    consumed."""
+    compiled, compile_s = _compile(train_step, state, batch, step=step)
+    holder = {"state": state}
+
+    def one(b):
+        holder["state"], metrics = compiled(holder["state"], b)
+        return metrics
+
+    return Measured(seconds_per_call(one, (batch,), steps), compile_s, _flops(compiled),
+                    _memory_bytes(compiled))
+
+
+class BenchTools:
+    """What the benchmark hands a method's hooks (``Method.bench_train``,
+    ``Method.bench_extra``): :func:`measure` and :func:`measure_train_step`, and
+    ``setup(cfg) -> (trainer, fresh state, one global training batch)`` for another
+    config (a control run of the same networks), so that a method needs neither the
+    trainer nor the benchmark program."""
+
+    measure = staticmethod(measure)
+    measure_train_step = staticmethod(measure_train_step)
+
+    def __init__(self, setup: Callable[[Any], tuple[Any, Any, dict[str, Any]]]):
+        self.setup = setup
