@@ -9,3 +9,8 @@ class RunStopped(RuntimeError):
 
 class DataError(ValueError):
     """Bad dataset input. The message names the file (or key) and the reason."""
+
+
+class MissingPathError(DataError, FileNotFoundError):
+    """A dataset file or folder that does not exist (a :class:`DataError` that is also a
+    ``FileNotFoundError``)."""

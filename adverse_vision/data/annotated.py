@@ -118,10 +118,7 @@ class AnnotatedSource(PolicyReporting):
             aw, ah = self.sizes[index]
             reason = (f"{self.size_label} {aw}x{ah} differs from the decoded image {w}x{h} "
                       f"({self.image_paths[index]})")
-            if self.policy.on_bad_annotation == "error":
-                raise self.problems.error("bad_annotation", self._annotation_file(index), reason,
-                                          "data policy on_bad_annotation='error'")
-            self.problems.add("bad_annotation", self._annotation_file(index), reason,
-                              "size ignored, boxes clipped to the decoded image", once=True)
+            self._bad_sample(self._annotation_file(index), reason,
+                             "size ignored, boxes clipped to the decoded image", once=True)
             boxes, classes, difficult = fit_boxes_to_image(boxes, classes, difficult, w, h)
         return make_record(image, boxes, classes, difficult, sample_id)

@@ -35,9 +35,9 @@ import os
 
 import numpy as np
 
-from adverse_vision.errors import DataError
+from adverse_vision.errors import DataError, MissingPathError
 
-__all__ = ["ImageDecodeError", "read_gray", "read_id_list", "read_rgb"]
+__all__ = ["ImageDecodeError", "check_folder", "read_gray", "read_id_list", "read_rgb"]
 
 # Pillow modes of 16-bit single-channel images.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I;16LS")
@@ -120,3 +120,14 @@ def read_id_list(path: str, what: str = "id list") -> list[str]:
             return [line.split()[0] for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read {what} ({e})") from None
+
+
+def check_folder(path: str, what: str) -> str:
+    """``path`` when it is a folder; otherwise one error naming it and ``what`` it should
+    be (:class:`~adverse_vision.errors.MissingPathError` when it does not exist)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingPathError(f"{path}: {what} does not exist")
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: {what} is not a folder")
+    return path

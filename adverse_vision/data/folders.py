@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from adverse_vision.data.files import read_id_list
+from adverse_vision.data.files import check_folder, read_id_list
 from adverse_vision.data.problems import (
     INVALID_IMAGE_SIZE,
     DataError,
@@ -88,15 +88,6 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 VOC_PALETTE = voc_palette()
-
-
-def _check_dir(path: str, what: str) -> str:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: {what} does not exist")
-    if not os.path.isdir(path):
-        raise DataError(f"{path}: {what} is not a folder")
-    return path
 
 
 def _normalize_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
@@ -176,7 +167,7 @@ class ImageFolderSource(_FileSource):
         policy: DataPolicy | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.root = _check_dir(root, "image folder")
+        self.root = check_folder(root, "image folder")
         self.extensions = _normalize_extensions(extensions)
         self.policy = DataPolicy.from_config(policy)
         self.problems = problems if problems is not None else DataProblems(f"images {self.root}")
@@ -225,7 +216,7 @@ class ClassFolderSource(_FileSource):
         policy: DataPolicy | Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.root = _check_dir(root, "class folder root")
+        self.root = check_folder(root, "class folder root")
         self.extensions = _normalize_extensions(extensions)
         self.policy = DataPolicy.from_config(policy)
         self.problems = problems if problems is not None else DataProblems(f"classes {self.root}")
@@ -357,7 +348,7 @@ class VOCSegmentationSource(PolicyReporting, _FileSource):
         mask_dir: str = "SegmentationClass",
     ):
         super().__init__()
-        self.root = _check_dir(root, "VOC segmentation root")
+        self.root = check_folder(root, "VOC segmentation root")
         self.image_set = str(image_set)
         self.policy = DataPolicy.from_config(policy)
         self.problems = problems if problems is not None else DataProblems(f"VOC seg {self.root}")

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from adverse_vision.data.files import ImageDecodeError, read_gray, read_id_list
+from adverse_vision.data.files import ImageDecodeError, check_folder, read_gray, read_id_list
 from adverse_vision.data.folders import (
     IMAGE_EXTENSIONS,
     MASK_IGNORE,
@@ -129,14 +129,6 @@ def _read_saliency(path: str, problems: DataProblems) -> np.ndarray | None:
     """A 0-255 saliency PNG as float32 (H, W, 1) in [0, 1], or None (reported)."""
     arr = _read_gray(path, problems, "saliency map")
     return None if arr is None else arr.astype(np.float32) / 255.0
-
-
-def _check_folder(path: str, what: str) -> str:
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        state = "is not a folder" if os.path.exists(path) else "does not exist"
-        raise DataError(f"{path}: {what} {state}")
-    return path
 
 
 def _split_list(root: str, split: str, default_dir: str | None) -> tuple[str, list[str]]:
@@ -256,10 +248,10 @@ class M3FDSource(_Reporting, VOCSource):
         annotation_dir: str = "Annotation",
         saliency_dir: str | None = "Mask",
     ):
-        root = _check_folder(root, "M3FD dataset root")
-        self.ir_root = _check_folder(os.path.join(root, ir_dir), "infrared image folder")
-        _check_folder(os.path.join(root, vis_dir), "visible image folder")
-        _check_folder(os.path.join(root, annotation_dir), "annotation folder")
+        root = check_folder(root, "M3FD dataset root")
+        self.ir_root = check_folder(os.path.join(root, ir_dir), "infrared image folder")
+        check_folder(os.path.join(root, vis_dir), "visible image folder")
+        check_folder(os.path.join(root, annotation_dir), "annotation folder")
         list_path, _ = _split_list(root, split, "Main")
         list_path = os.path.abspath(list_path)
         self.split = split
@@ -391,9 +383,9 @@ class MFNetSource(_Reporting):
         image_dir: str = "images",
         label_dir: str = "labels",
     ):
-        self.root = _check_folder(root, "MFNet dataset root")
-        image_root = _check_folder(os.path.join(self.root, image_dir), "image folder")
-        label_root = _check_folder(os.path.join(self.root, label_dir), "label folder")
+        self.root = check_folder(root, "MFNet dataset root")
+        image_root = check_folder(os.path.join(self.root, image_dir), "image folder")
+        label_root = check_folder(os.path.join(self.root, label_dir), "label folder")
         self.split = split
         self.policy = DataPolicy.from_config(policy)
         self.problems = problems if problems is not None else DataProblems(f"MFNet {self.root}")
@@ -520,11 +512,11 @@ class FusionFolderSource(_Reporting):
         policy: DataPolicy | Mapping[str, Any] | None = None,
         problems: DataProblems | None = None,
     ):
-        self.root = _check_folder(root, "fusion dataset root")
+        self.root = check_folder(root, "fusion dataset root")
         known = ", ".join(f"{a!r}/{b!r}" for a, b in FUSION_FOLDER_NAMES)
         try:
-            self.ir_root = _check_folder(os.path.join(self.root, ir_dir), "infrared folder")
-            self.vis_root = _check_folder(os.path.join(self.root, vis_dir), "visible folder")
+            self.ir_root = check_folder(os.path.join(self.root, ir_dir), "infrared folder")
+            self.vis_root = check_folder(os.path.join(self.root, vis_dir), "visible folder")
         except DataError as e:
             found = sorted(d for d in os.listdir(self.root)
                            if os.path.isdir(os.path.join(self.root, d)))

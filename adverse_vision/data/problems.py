@@ -296,31 +296,33 @@ class DataProblems:
 class PolicyReporting:
     """Skip-or-raise reporting for a source that holds ``policy`` and ``problems``: a
     missing file, a bad annotation or an unknown class is recorded with what was done
-    about it (``action``), or raised when the data policy says "error"."""
+    about it (``action``), or raised when the data policy says "error". ``problems``
+    overrides the source's collector (a per-read one, say); ``once`` and ``count`` are
+    those of :meth:`DataProblems.add`."""
 
     policy: DataPolicy
     problems: DataProblems
 
-    def _missing(self, path: str, reason: str, action: str = "sample skipped") -> None:
-        if self.policy.on_missing_image == "error":
-            raise self.problems.error("missing_image", path, reason,
-                                      "data policy on_missing_image='error'")
-        self.problems.add("missing_image", path, reason, action)
+    def _report(self, kind: str, policy_key: str, path: str, reason: str, action: str, *,
+                hint: str = "", problems: DataProblems | None = None, once: bool = False,
+                count: int = 1) -> None:
+        problems = self.problems if problems is None else problems
+        if getattr(self.policy, policy_key) == "error":
+            raise problems.error(kind, path, reason,
+                                 f"data policy {policy_key}='error'" + (f"; {hint}" if hint else ""))
+        problems.add(kind, path, reason, action, once=once, count=count)
 
-    def _bad_sample(self, path: str, reason: str, action: str = "sample skipped") -> None:
+    def _missing(self, path: str, reason: str, action: str = "sample skipped", **kw) -> None:
+        self._report("missing_image", "on_missing_image", path, reason, action, **kw)
+
+    def _bad_sample(self, path: str, reason: str, action: str = "sample skipped", **kw) -> None:
         """A ``bad_annotation`` problem (an annotation, mask, label or paired image that
         cannot be read or does not fit)."""
-        if self.policy.on_bad_annotation == "error":
-            raise self.problems.error("bad_annotation", path, reason,
-                                      "data policy on_bad_annotation='error'")
-        self.problems.add("bad_annotation", path, reason, action)
+        self._report("bad_annotation", "on_bad_annotation", path, reason, action, **kw)
 
-    def _unknown_class(self, path: str, reason: str, action: str) -> None:
-        if self.policy.on_unknown_class == "error":
-            raise self.problems.error(
-                "unknown_class", path, reason,
-                "data policy on_unknown_class='error'; map it with class_map or use 'skip'")
-        self.problems.add("unknown_class", path, reason, action)
+    def _unknown_class(self, path: str, reason: str, action: str, **kw) -> None:
+        self._report("unknown_class", "on_unknown_class", path, reason, action,
+                     hint="map it with class_map or use 'skip'", **kw)
 
 
 def sanitize_boxes(

@@ -38,6 +38,7 @@ from adverse_vision.data.problems import (
     DataError,
     DataPolicy,
     DataProblems,
+    PolicyReporting,
     invalid_record,
     make_record,
     sanitize_boxes,
@@ -160,7 +161,7 @@ def _to_rgb(image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-class TFDSSource:
+class TFDSSource(PolicyReporting):
     """Random-access detection source over a prepared TFDS dataset.
 
     Args:
@@ -305,12 +306,8 @@ class TFDSSource:
         lengths = {"bbox": n, **{k: len(v) for k, v in parts.items()}}
         if len(set(lengths.values())) > 1:
             n = min(lengths.values())
-            if self.policy.on_bad_annotation == "error":
-                raise problems.error("bad_annotation", where, f"object features differ in length {lengths}")
-            problems.add(
-                "bad_annotation", where, f"object features differ in length {lengths}",
-                f"truncated to {n} objects",
-            )
+            self._bad_sample(where, f"object features differ in length {lengths}",
+                             f"truncated to {n} objects", problems=problems)
         bbox, labels = bbox[:n], labels[:n]
         difficult = parts["difficult"][:n] if "difficult" in parts else np.zeros(n, bool)
         crowd = parts["crowd"][:n] if "crowd" in parts else np.zeros(n, bool)
@@ -330,9 +327,8 @@ class TFDSSource:
             bad = sorted({int(x) for x in labels[unknown]})
             names = [self.label_names[b] if 0 <= b < len(self.label_names) else f"<label {b}>" for b in bad]
             reason = f"object class(es) {names} not in class_names {list(self.class_names)}"
-            if self.policy.on_unknown_class == "error":
-                raise problems.error("unknown_class", where, reason, "data policy on_unknown_class='error'")
-            problems.add("unknown_class", where, reason, "object dropped", count=int(unknown.sum()))
+            self._unknown_class(where, reason, "object dropped", problems=problems,
+                                count=int(unknown.sum()))
             keep &= ~unknown
         if not self.keep_difficult:
             drop = keep & difficult
