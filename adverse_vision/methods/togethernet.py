@@ -160,9 +160,14 @@ class TogetherNetMethod(DetectionMethod):
     # ------------------------------------------------------------------ inference
     @property
     def eval_restore(self) -> bool:
-        """Whether evaluation restores images: only when they are degraded, since the
-        clear twin is then a reference (read when ``predict`` is traced)."""
-        return self.cfg.data.val_degrade.name != "none"
+        """Whether evaluation restores images: only when an evaluation degrades them (the
+        run's ``data.val_degrade`` or an ``evals`` entry's own), since the clear twin is
+        then a reference (read when ``predict`` is traced); on an evaluation without
+        degradation the input's PSNR is then the cap, :data:`MAX_PSNR`."""
+        specs = [self.cfg.data.val_degrade] + [entry.data.val_degrade for entry in
+                                               self.cfg.evals.values() if "val_degrade" in entry.data]
+        return any(spec.name != "none" for value in specs
+                   for spec in (value if isinstance(value, tuple) else (value,)))
 
     def predict(self, variables, batch, restore: Optional[bool] = None) -> dict[str, jax.Array]:
         """Detections (``boxes``, ``scores``, ``classes``, ``valid``) of the degraded

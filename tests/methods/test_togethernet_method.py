@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
+from adverse_vision import config as config_lib
 from adverse_vision import methods
 from adverse_vision.data import factory
 from adverse_vision.methods.detection import IMAGENET_MEAN, IMAGENET_STD, normalize_images
@@ -150,6 +151,13 @@ def test_predict_restores_only_when_needed(setup):
     cfg.data.val_degrade = {"name": "none"}  # as the ``clear`` and ``rtts`` variants
     clear = TogetherNetMethod(cfg)
     assert not clear.eval_restore
+    # A foggy evaluation entry beside a clear validation, or a mixture of specs: restored.
+    cfg.evals.foggy = config_lib.eval_entry("val", val_degrade={"name": "haze"})
+    assert TogetherNetMethod(cfg).eval_restore
+    cfg = _cfg()
+    config_lib.set_degrade_mixture(cfg, "val_degrade", [config_lib.degrade_spec("none"),
+                                                        config_lib.degrade_spec("haze")])
+    assert TogetherNetMethod(cfg).eval_restore
     assert "restored" in jax.eval_shape(clear.predict_with_restoration, variables, batch)
 
 
