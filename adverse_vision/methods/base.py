@@ -85,7 +85,9 @@ class Method:
     best_metric: str = ""
     #: Network name -> :class:`Converter` of the official weights this method reads.
     converters: ClassVar[dict[str, Converter]] = {}
-    #: Whether ``model.init_from`` starts a run from matching pretrained weights.
+    #: Key rules of the official checkpoints ``model.init_from`` may name (the run then
+    #: starts from every tensor that matches by name and shape); None: the method has no
+    #: ``model.init_from``, or reads it itself (``prepare_state``).
     init_rules: ClassVar[Optional[tuple]] = None
 
     def __init__(self, cfg: ml_collections.ConfigDict):
