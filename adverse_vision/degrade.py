@@ -41,7 +41,7 @@ DEGRADATIONS = ("none", "haze", "noise", "low_light", "rain", "snow")
 
 # Scene depths below this fraction of an image's farthest depth are raised to it
 # before the logarithmic normalisation in `haze_distance` (caps the dynamic range).
-_MIN_RELATIVE_DEPTH = 1e-3
+MIN_RELATIVE_DEPTH = 1e-3
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def haze_distance(depth: np.ndarray) -> np.ndarray:
     d_hi = math.sqrt(max(height, width))
     d_lo = max(d_hi - 0.04 * math.hypot(height // 2, width // 2), 0.0)
     z_max = z.max(axis=(-2, -1), keepdims=True)
-    z = np.maximum(z, z_max * _MIN_RELATIVE_DEPTH)
+    z = np.maximum(z, z_max * MIN_RELATIVE_DEPTH)
     z_min = z.min(axis=(-2, -1), keepdims=True)
     span = np.log(z_max / z_min)
     flat = span < 1e-9

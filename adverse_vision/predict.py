@@ -460,7 +460,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
         raise ValueError(f"none of the {len(paths)} image file(s) could be read "
                          f"(first: {skipped[0][1]})")
     return {"images": done, "detections": detections, "skipped": skipped,
-            "restored": predictor.restores, "out": out}
+            "restored": predictor.restores, "detects": predictor.detects, "out": out}
 
 
 def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best",
@@ -482,7 +482,7 @@ def predict_folder(workdir: str, images: str, out: str, checkpoint: str = "best"
     trainer, variables, step = trainer_lib.restore_for_eval(workdir, checkpoint)
     predictor = Predictor(trainer, variables, batch_size=batch_size,
                           score_threshold=score_threshold, restore=restore)
-    if restore and not predictor.restores:
+    if restore and not predictor.restores and predictor.detects:
         log.info("method %r makes no restored images", predictor.method_name)
     pairs = None
     if infrared:
@@ -525,9 +525,10 @@ def main() -> int:
                              score_threshold=f.score_threshold, restore=f.restore,
                              batch_size=f.batch_size, infrared=f.infrared)
     skipped = len(summary["skipped"])
-    print(f"checkpoint step {summary['step']} ({f.checkpoint}): {summary['images']} image(s), "
-          f"{summary['detections']} detection(s) with score >= {f.score_threshold}"
-          f"{', restored images' if summary['restored'] else ''} -> {summary['out']}"
+    found = (f", {summary['detections']} detection(s) with score >= {f.score_threshold}"
+             if summary["detects"] else "")
+    print(f"checkpoint step {summary['step']} ({f.checkpoint}): {summary['images']} image(s)"
+          f"{found}{', restored images' if summary['restored'] else ''} -> {summary['out']}"
           f"{f'; skipped {skipped} unreadable file(s)' if skipped else ''}")
     return 0
 

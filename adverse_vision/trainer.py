@@ -357,7 +357,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     bar.set_postfix(loss=scalars["loss"], img_s=scalars["images_per_s"])
                 evaluated = {}
                 for name in evals_now:
-                    metrics, _ = trainer.evaluate(state.eval_variables(), data.eval_pipeline(name))
+                    metrics = trainer.method.train_evaluation(trainer, state.eval_variables(),
+                                                              data, name)
                     last_evals[name] = metrics
                     evaluated.update({f"{name}/{k}": v for k, v in metrics.items()})
                     log.info("step %d: %s", step, ", ".join(f"{name}/{k} {v:.4f}"

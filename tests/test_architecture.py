@@ -11,8 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "adverse_vision")
 
 #: The built-in methods and the words that name them in code or prose.
-METHOD_NAMES = {"detection", "togethernet", "dnhl", "bdlf"}
-METHOD_WORDS = re.compile(r"togethernet|dn-?hl|bdlf(?!usion)|[\"']detection[\"']", re.I)
+METHOD_NAMES = {"detection", "togethernet", "dnhl", "bdlf", "depth_dehaze"}
+METHOD_WORDS = re.compile(r"togethernet|dn-?hl|bdlf(?!usion)|depth_dehaze|depth-guided|"
+                          r"[\"']detection[\"']", re.I)
 #: Where a method may not be named.
 SHARED = ("data", "convert", "trainer.py", "evaluate.py", "predict.py", "bench.py",
           "workdir.py", "state.py", "config.py")
@@ -141,4 +142,5 @@ def test_the_checks_can_fail():
     assert "adverse_vision.data.catalog" in GRAPH["adverse_vision.methods.detection"]
     assert METHOD_WORDS.search('if cfg.method == "detection":')
     assert METHOD_WORDS.search("the TogetherNet decoder") and METHOD_WORDS.search("DN-HL")
+    assert METHOD_WORDS.search("Depth-guided dehazing")
     assert not METHOD_WORDS.search("load_official('bdlfusion', ...)")

@@ -109,3 +109,11 @@ def test_bench_reads_any_method_through_its_hooks():
     assert r["train_flops_per_step"] > 0 and r["infer_image_size"] == 16
     lines = bench.format_result(r).splitlines()
     assert lines[-2].startswith("gain alone") and lines[-1].startswith("MFU")
+
+
+def test_bench_depth_dehaze_reports_the_network_at_vga():
+    from configs import sdg_scenes  # pylint: disable=import-outside-toplevel
+    r = bench.run(sdg_scenes.get_config("smoke"), steps=1, infer_steps=1)
+    assert r["train_images_per_s"] > 0 and r["dehaze_vga_megapixels_per_s"] > 0
+    assert r["dehaze_vga_flops"] > 0 and r["dehaze_vga_memory_gib"] > 0
+    assert "dehazing 480x640" in bench.format_result(r)

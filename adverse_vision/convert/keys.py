@@ -14,7 +14,9 @@ remaining dots separate the path components of the flax variable. Layout changes
   ``in_proj_weight`` (3C, C) -> ``in_proj_kernel`` (C, 3C);
 * BatchNorm / LayerNorm ``weight``/``bias`` -> ``scale``/``bias``;
   ``running_mean``/``running_var`` -> ``mean``/``var`` in ``batch_stats``;
-  ``num_batches_tracked`` is dropped.
+  ``num_batches_tracked`` is dropped;
+* any other parameter (a learned scalar ``w``) goes to the flax parameter of the
+  same name, as it is.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def map_key(key: str, value: np.ndarray, abstract: Mapping, rules) -> tuple | No
         return None
     if leaf == "bias" and "bias" in module:
         return "params", path + ("bias",), value
+    if leaf not in ("weight", "bias") and leaf in module and not isinstance(module[leaf], Mapping):
+        return "params", path + (leaf,), value  # a parameter of its own name (a scalar ``w``)
     return None
 
 

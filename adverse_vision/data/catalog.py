@@ -188,3 +188,16 @@ def dense_pipeline(bundle, source, *, train: bool, seed: int, data_cfg, task: st
 
 #: The sources of the box datasets (detection and the methods built on it).
 BOX_DATASETS = {"scenes": scenes, "voc": voc, "coco": coco, "tfds": tfds}
+
+
+# ------------------------------------------------------------------ hazy / clear pairs
+@reads_root
+def dehaze_pairs(bundle, d, split, problems):
+    """Real hazy / clear pairs (RESIDE, NTIRE sets, ``lowq``/``clear``) from
+    ``data.root/<split>``, or ``data.root`` itself when that folder does not exist;
+    ``data.layout`` (when the config has it) picks the layout, else it is detected."""
+    from adverse_vision.data import dehaze_pairs as pairs  # pylint: disable=import-outside-toplevel
+    root = os.path.join(d.root, bundle.split_name(d, split))
+    return pairs.DehazePairSource(root if os.path.isdir(root) else d.root,
+                                  layout=d.get("layout", "auto"), policy=bundle.policy,
+                                  problems=problems)

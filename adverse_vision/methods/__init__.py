@@ -33,6 +33,7 @@ _BUILTIN = {
     "togethernet": "adverse_vision.methods.togethernet",
     "dnhl": "adverse_vision.methods.dnhl",
     "bdlf": "adverse_vision.methods.bdlf",
+    "depth_dehaze": "adverse_vision.methods.depth_dehaze",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -12,7 +12,8 @@ need from it and name no method themselves:
     source into batches; :meth:`Method.train_iterator` the training stream (extra
     splits such as a held-out upper level); ``eval_keys`` the entries the evaluator
     reads on the host.
-(c) evaluation: :meth:`Method.make_evaluator`, its ``best_metric``, and
+(c) evaluation: :meth:`Method.make_evaluator`, its ``best_metric``,
+    :meth:`Method.train_evaluation` for the evaluations during training and
     :meth:`Method.report` for ``python -m adverse_vision.evaluate``.
 (d) official weights: ``converters``, network name -> :class:`Converter`.
 (e) benchmark: :meth:`Method.bench_train` (the train step's timing),
@@ -124,6 +125,13 @@ class Method:
     # ------------------------------------------------------------------ evaluation
     def make_evaluator(self):
         raise NotImplementedError
+
+    def train_evaluation(self, trainer, variables, bundle, entry) -> dict[str, float]:
+        """The metrics of one evaluation entry during training (logged as
+        ``<entry>/<metric>``). The default runs the entry's evaluation pipeline through
+        the method's evaluator."""
+        metrics, _ = trainer.evaluate(variables, bundle.eval_pipeline(entry))
+        return metrics
 
     def report(self, trainer, variables, bundle, entry, options: dict[str, Any]):
         """``(metrics, table)`` of ``python -m adverse_vision.evaluate`` for one

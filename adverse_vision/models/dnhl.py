@@ -362,6 +362,37 @@ class VGG16Classifier(nn.Module):
                         param_dtype=self.param_dtype, name="fc8")(x.astype(jnp.float32))
 
 
+#: The layers of :class:`VGG16Features` whose ReLU outputs a perceptual loss compares.
+PERCEPTUAL_LAYERS = ("conv1_2", "conv2_2", "conv3_3")
+#: torchvision ``vgg16().features`` index of each conv of the first three blocks.
+TORCHVISION_VGG16_CONVS = {"conv1_1": 0, "conv1_2": 2, "conv2_1": 5, "conv2_2": 7,
+                           "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}
+
+
+class VGG16Features(nn.Module):
+    """The first three blocks of :class:`VGG16Classifier` (same layer names, so a
+    classifier's or torchvision's ImageNet weights load into it), returning the ReLU
+    outputs of ``conv1_2``, ``conv2_2`` and ``conv3_3`` (relu1_2, relu2_2, relu3_3), the
+    maps of a VGG perceptual loss. Input: [0, 1] RGB, ImageNet-normalised inside."""
+
+    width: float = 1.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        x = _normalize_imagenet(x).astype(self.dtype)
+        outputs = []
+        for b, (channels, n) in enumerate(VGG16_BLOCKS[:3], start=1):
+            if b > 1:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            for i in range(1, n + 1):
+                x = nn.relu(_vgg_conv(_scaled(channels, self.width), f"conv{b}_{i}",
+                                      self.dtype, self.param_dtype)(x))
+            outputs.append(x.astype(jnp.float32))
+        return outputs
+
+
 class DeepLabLargeFOV(nn.Module):
     """DeepLab-v1 LargeFOV semantic segmenter (VGG-16 based, output stride 8).
 
