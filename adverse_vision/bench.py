@@ -91,11 +91,17 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
     return result
 
 
+def _model_label(config: dict[str, Any]) -> str:
+    """The method, and its model size where the config has one ("detection s")."""
+    size = config["model"].get("size")
+    return f"{config['method']} {size}" if size else str(config["method"])
+
+
 def format_result(r: dict[str, Any]) -> str:
     """The report of :func:`run`'s result (its method's own lines included)."""
     lines = [
         f"devices               {r['devices']}",
-        f"model                 {r['config']['model'].get('size')} "
+        f"model                 {_model_label(r['config'])} "
         f"({r['config']['model'].get('dtype')}), train {r['config']['image_size']} px "
         f"batch {r['config']['batch_size']}",
         f"train step            {r['train_step_s'] * 1e3:9.1f} ms   "

@@ -28,16 +28,62 @@ def _launch_wants_distributed(env: dict[str, str]) -> bool:
     return any(int(env.get(k, "1") or "1") > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
 
 
+#: The environment of a hand-made multi-process launch (``launch/gpu.sh``):
+#: ``jax.distributed.initialize`` argument -> variable.
+_EXPLICIT_LAUNCH = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
+                    "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+
+
+def _initialize_arguments(env: dict[str, str]) -> dict[str, Any]:
+    """The arguments of ``jax.distributed.initialize`` that the environment gives.
+
+    With ``JAX_COORDINATOR_ADDRESS`` set, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
+    must be set too (no cluster detector supplies them on a plain machine);
+    ``JAX_LOCAL_DEVICE_IDS`` (comma-separated) optionally picks this process's devices.
+    Without it, nothing: a TPU slice, SLURM or MPI launch is detected by JAX itself.
+
+    Raises:
+      ValueError: a variable is missing or not a number, naming it.
+    """
+    if not env.get("JAX_COORDINATOR_ADDRESS"):
+        return {}
+    missing = [v for v in _EXPLICIT_LAUNCH.values() if not env.get(v)]
+    if missing:
+        raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not: a multi-process launch "
+                         "gives all three (and each process its own JAX_PROCESS_ID)")
+    args: dict[str, Any] = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
+    for key in ("num_processes", "process_id"):
+        name = _EXPLICIT_LAUNCH[key]
+        try:
+            args[key] = int(env[name])
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {env[name]!r}") from None
+    if not 0 <= args["process_id"] < args["num_processes"]:
+        raise ValueError(f"JAX_PROCESS_ID is {args['process_id']}, outside 0.."
+                         f"{args['num_processes'] - 1} (JAX_NUM_PROCESSES is "
+                         f"{args['num_processes']})")
+    if env.get("JAX_LOCAL_DEVICE_IDS"):
+        try:
+            args["local_device_ids"] = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+        except ValueError:
+            raise ValueError("JAX_LOCAL_DEVICE_IDS must be comma-separated whole numbers, got "
+                             f"{env['JAX_LOCAL_DEVICE_IDS']!r}") from None
+    return args
+
+
 def maybe_initialize_distributed() -> bool:
-    """Calls ``jax.distributed.initialize()`` only when the launch environment asks for it.
+    """Calls ``jax.distributed.initialize`` only when the launch environment asks for it.
 
     ``ADVERSE_VISION_DISTRIBUTED=1`` forces it and ``=0`` forbids it; otherwise it runs for
     a multi-host TPU slice (``TPU_WORKER_HOSTNAMES`` lists several hosts), an explicit
-    ``JAX_COORDINATOR_ADDRESS``, or a SLURM / MPI launch of more than one task.
+    ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, passed
+    on: see :func:`_initialize_arguments`), or a SLURM / MPI launch of more than one task.
     """
-    wanted = _launch_wants_distributed(dict(os.environ))
+    env = dict(os.environ)
+    wanted = _launch_wants_distributed(env)
     if wanted:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_initialize_arguments(env))
         log.info("distributed: process %d of %d", jax.process_index(), jax.process_count())
     return wanted
 

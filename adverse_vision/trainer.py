@@ -154,6 +154,12 @@ class Trainer:
         metrics = dict(metrics, loss=loss, lr=self.schedule(state.step),
                        grad_norm=optax.global_norm(grads),
                        valid_samples=jnp.sum(batch["valid"].astype(jnp.int32)))
+        if jax.tree.structure(model_state) != jax.tree.structure(state.model_state):
+            # A checkpoint of the changed state would not restore into a fresh one.
+            raise ValueError(f"method {self.method.name!r}: its train step returns a model "
+                             f"state of another structure than it was given: "
+                             f"{jax.tree.structure(model_state)} for "
+                             f"{jax.tree.structure(state.model_state)}")
         new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                                   opt_state=opt_state, ema_params=ema)
         return new_state, metrics

@@ -22,6 +22,7 @@ def test_bench_reports_rates_and_flops():
     assert 0.01 < r["train_memory_gib"] < 8 and 0 < r["infer_memory_gib"] < r["train_memory_gib"]
     text = bench.format_result(r)
     assert "images/s" in text and "GFLOP/s" in text and "MFU" in text
+    assert "model                 detection nano (float32)" in text
 
 
 def test_peak_flops_table():
@@ -116,4 +117,5 @@ def test_bench_depth_dehaze_reports_the_network_at_vga():
     r = bench.run(sdg_scenes.get_config("smoke"), steps=1, infer_steps=1)
     assert r["train_images_per_s"] > 0 and r["dehaze_vga_megapixels_per_s"] > 0
     assert r["dehaze_vga_flops"] > 0 and r["dehaze_vga_memory_gib"] > 0
-    assert "dehazing 480x640" in bench.format_result(r)
+    text = bench.format_result(r)
+    assert "dehazing 480x640" in text and "model                 depth_dehaze (float32)" in text

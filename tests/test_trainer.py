@@ -262,3 +262,22 @@ def test_an_unset_dataset_root_is_named(name):
     cfg.data.name = name
     with pytest.raises(ValueError, match=rf"config key 'data.root' is empty; data.name '{name}'"):
         factory.DataBundle(cfg, per_host_batch=8)
+
+
+def test_a_step_that_changes_the_state_structure_is_refused(monkeypatch):
+    """A loss that adds a model-state entry would recompile every step and leave
+    checkpoints that no fresh state restores: the step refuses it, naming the method."""
+    original = detection.DetectionMethod.loss_fn
+
+    def grows(self, params, model_state, batch, rng, step):
+        loss, (state, metrics) = original(self, params, model_state, batch, rng, step)
+        return loss, ({**state, "extra": {}, "counter": jnp.zeros(())}, metrics)
+
+    monkeypatch.setattr(detection.DetectionMethod, "loss_fn", grows)
+    tr = trainer_lib.Trainer(_cfg())
+    state = tr.init_state()
+    batch = parallel.global_batch(
+        next(factory.DataBundle(tr.cfg, per_host_batch=tr.cfg.batch_size).train_iterator()), tr.mesh)
+    with pytest.raises(ValueError, match="method 'detection': its train step returns a model "
+                                         "state of another structure"):
+        tr.train_step(state, batch)

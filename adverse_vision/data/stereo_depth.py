@@ -82,13 +82,16 @@ def normalized_depth(disparity: Any, focal: float = 1.0, baseline: float = 1.0,
     return (depth / depth.max()).astype(np.float32)
 
 
-def motorcycle_depth() -> tuple[np.ndarray, np.ndarray]:
+def motorcycle_depth(normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's real stereo photograph and its depth: (left image uint8
-    (500, 741, 3), normalised depth float32 (500, 741) in (0, 1])."""
+    (500, 741, 3), depth (500, 741)): normalised, float32 in (0, 1], or with
+    ``normalize=False`` in millimetres (float64)."""
     try:
         from skimage import data as skdata  # pylint: disable=import-outside-toplevel
     except ImportError as e:
         raise ImportError("motorcycle_depth needs scikit-image (pip install scikit-image)") \
             from e
     left, _, disparity = skdata.stereo_motorcycle()
-    return np.asarray(left, np.uint8), normalized_depth(disparity, **MOTORCYCLE_CALIBRATION)
+    depth = (normalized_depth if normalize else disparity_to_depth)(disparity,
+                                                                   **MOTORCYCLE_CALIBRATION)
+    return np.asarray(left, np.uint8), depth

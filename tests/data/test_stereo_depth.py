@@ -51,6 +51,9 @@ def test_the_motorcycle_photograph_gets_a_plausible_depth():
     c = MOTORCYCLE_CALIBRATION
     metric = c["focal"] * c["baseline"] / (disparity[known] + c["doffs"])
     np.testing.assert_allclose(depth[known], metric / metric.max(), rtol=1e-5)
+    _, millimetres = motorcycle_depth(normalize=False)
+    np.testing.assert_allclose(millimetres[known], metric, rtol=1e-6)  # float32 disparity
+    np.testing.assert_allclose(millimetres / millimetres.max(), depth, rtol=1e-6)
     # Fogged with the scattering model, farther pixels move more towards the airlight.
     t = np.exp(-2.0 * depth)[..., None]
     fogged = left / 255.0 * t + 0.9 * (1 - t)

@@ -117,10 +117,11 @@ def test_loss_terms_and_gradients():
     tr = trainer_lib.Trainer(cfg)
     state = tr.init_state()
     batch = parallel.global_batch(_batch(cfg), tr.mesh)
-    (loss, (_, metrics)), grads = jax.jit(jax.value_and_grad(
+    (loss, (model_state, metrics)), grads = jax.jit(jax.value_and_grad(
         lambda p: tr.method.loss_fn(p, state.model_state, batch, jax.random.key(0), 0),
         has_aux=True))(state.params)
     assert np.isfinite(float(loss)) and set(metrics) == {"rec", "distill"}
+    assert jax.tree.structure(model_state) == jax.tree.structure(state.model_state)
     for group in ("depth", "mix", "dehazer"):
         norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads[group]))))
         assert np.isfinite(norm) and norm > 0, group
@@ -129,9 +130,11 @@ def test_loss_terms_and_gradients():
     tr = trainer_lib.Trainer(cfg)
     state = tr.init_state()
     assert set(state.params) == {"mix", "dehazer"}
-    loss, (_, metrics) = jax.jit(lambda p: tr.method.loss_fn(
+    loss, (model_state, metrics) = jax.jit(lambda p: tr.method.loss_fn(
         p, state.model_state, batch, jax.random.key(0), 0))(state.params)
     assert set(metrics) == {"rec"}
+    # The state keeps its structure (a checkpoint of it restores into a fresh state).
+    assert jax.tree.structure(model_state) == jax.tree.structure(state.model_state)
 
 
 def _write_pairs(root):
@@ -251,3 +254,22 @@ def test_clear_photographs_train_with_a_dehazing_run_as_teacher(stages, tmp_path
     for a, b in zip(jax.tree.leaves(jax.device_get(variables["teacher"]["params"])),
                     jax.tree.leaves(jax.device_get(taught_by["params"]["depth"]))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stereo_check_fogs_the_real_photograph_by_its_depth(stages):
+    """The motorcycle photograph is fogged more where its stereo depth is larger, and a
+    dehazing run is scored on it against the clear photograph."""
+    from adverse_vision.methods.depth_dehaze import stereo_check  # pylint: disable=import-outside-toplevel
+    clear, foggy, depth_m = stereo_check.foggy_photograph(0.1, A=0.8, beta=0.1)
+    assert clear.shape == foggy.shape == (50, 74, 3) and depth_m.shape == (50, 74)
+    assert 0.5 < depth_m.min() < depth_m.max() < 20.0  # a room-sized scene, in metres
+    change = np.abs(foggy.astype(np.float32) - clear).mean(-1)
+    far = depth_m > np.median(depth_m)
+    assert change[far].mean() > change[~far].mean()
+    root, _, _ = stages
+    (row,) = stereo_check.check([str(root / "dehaze")], scale=0.1)
+    assert row["guidance"] == "learned" and np.isfinite(row["psnr"])
+    assert row["psnr_gain"] == pytest.approx(row["psnr"] - row["psnr_input"])
+    assert "(foggy input)" in stereo_check.table([row], 0.1, 0.8, 0.1)
+    with pytest.raises(ValueError, match="--scale"):
+        stereo_check.foggy_photograph(0.0, 0.8, 0.1)

@@ -331,7 +331,8 @@ class DepthDehazeMethod(methods.Method):
             loss = loss + float(s.perceptual_weight) * perceptual
             metrics["perceptual"] = perceptual
         new_state = dict(model_state)
-        new_state["batch_stats"] = updates.get("batch_stats", model_state.get("batch_stats", {}))
+        if updates.get("batch_stats"):  # empty without a depth net (no guidance)
+            new_state["batch_stats"] = updates["batch_stats"]
         return loss, (new_state, metrics)
 
     # ------------------------------------------------------------------ inference
