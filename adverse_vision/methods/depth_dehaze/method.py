@@ -392,7 +392,7 @@ class DepthDehazeMethod(methods.Method):
         h, w = self.BENCH_SIZE
         # One image on one device: the variables come replicated over the mesh, and a
         # replicated program would compute the same image on every device.
-        device = jax.devices()[0]
+        device = jax.local_devices()[0]
         variables = jax.device_put(jax.device_get(variables), device)
         x = jax.device_put(jnp.zeros((1, h, w, 3), jnp.float32), device)
         measured = bench.measure(jax.jit(lambda v, x: self.run(v, x)["dehazed"]),
@@ -503,7 +503,7 @@ def native_report(method: DepthDehazeMethod, variables, source):
     from adverse_vision.metrics.dehaze import official_resize  # pylint: disable=import-outside-toplevel
     run = jax.jit(lambda v, x: method.run(v, x)["dehazed"])
     # Image by image on one device (replicated variables would run every image on each).
-    variables = jax.device_put(jax.device_get(variables), jax.devices()[0])
+    variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
     meter = DehazeMeter()
     for index in range(len(source)):
         record = source[index]

@@ -58,7 +58,7 @@ def check(workdirs: Sequence[str], scale: float = 0.25, A: float = 0.8,
         method = tr.method
         if method.name != "depth_dehaze" or method.stage != "dehaze":
             raise ValueError(f"{workdir}: not a dehazing run of depth_dehaze")
-        variables = jax.device_put(jax.device_get(variables), jax.devices()[0])
+        variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
         oracle = None
         if method.guidance == "true":
             near = float(tr.cfg.sdg.depth_near)
