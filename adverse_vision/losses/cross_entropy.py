@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adverse_vision.losses import masked_mean
 from adverse_vision.models.dnhl import upsample_logits
 
 #: Mask label of pixels without a class (VOC's boundaries and "void").
@@ -14,9 +15,8 @@ IGNORE_LABEL = 255
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
     """Classification cross-entropy, mean over valid images."""
-    per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return masked_mean(
+        optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels), valid)
 
 
 def pixel_cross_entropy(logits: jax.Array, mask: jax.Array, valid: jax.Array) -> jax.Array:

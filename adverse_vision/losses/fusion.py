@@ -21,6 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from adverse_vision.losses import masked_mean
+
 __all__ = ["SSIM_SIGMA", "SSIM_WEIGHT", "SSIM_WINDOW", "critic_loss", "fusion_loss",
            "gaussian_ssim", "gaussian_window", "generator_loss", "masked_mean"]
 
@@ -70,12 +72,6 @@ def gaussian_ssim(a: jax.Array, b: jax.Array, data_range: float = 1.0,
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
         (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
     return jnp.mean(ssim_map, axis=(1, 2, 3))
-
-
-def masked_mean(per_image: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean of (N,) values over the valid images (0 when none is)."""
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per_image * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def fusion_loss(fused: jax.Array, target: jax.Array, valid: jax.Array,

@@ -72,6 +72,7 @@ from adverse_vision.methods.depth_dehaze.keys import (
     MULTINET_RULES,
     example_inputs,
 )
+from adverse_vision.losses import masked_mean
 from adverse_vision.metrics.dehaze import DehazeMeter
 from adverse_vision.models.depth_dehaze import DepthDehaze
 from adverse_vision.models.dnhl import VGG16Features
@@ -88,15 +89,12 @@ TRAIN_DATASETS = ("scenes", "image_folder")
 
 def _l1(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
     """Mean absolute difference over valid images."""
-    per = jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim)))
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return masked_mean(jnp.mean(jnp.abs(a - b), axis=tuple(range(1, a.ndim))), valid)
 
 
 def _mse(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
-    per = jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim)))
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+    """Mean squared difference over valid images."""
+    return masked_mean(jnp.mean(jnp.square(a - b), axis=tuple(range(1, a.ndim))), valid)
 
 
 def _gradients(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from adverse_vision import config as config_lib
 from adverse_vision import workdir as workdir_lib
+from adverse_vision.losses import masked_mean
 
 STAGES = ("high", "denoise", "joint")
 TASKS = ("classification", "segmentation")
@@ -46,9 +47,8 @@ def crop(x: jax.Array, pixels: int) -> jax.Array:
 
 def mse_255(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
     """Mean squared error on the 0-255 scale of [0, 1] images, over valid images."""
-    per_image = jnp.mean(jnp.square((a - b) * 255.0), axis=tuple(range(1, a.ndim)))
-    w = valid.astype(jnp.float32)
-    return jnp.sum(per_image * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return masked_mean(jnp.mean(jnp.square((a - b) * 255.0), axis=tuple(range(1, a.ndim))),
+                       valid)
 
 
 #: Config keys that must agree between a stage and the run that loads it.
