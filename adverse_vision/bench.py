@@ -26,7 +26,7 @@ from absl import flags
 
 from adverse_vision import cli
 from adverse_vision import methods as methods_lib
-from adverse_vision import parallel, timing
+from adverse_vision import parallel, storage, timing
 from adverse_vision.timing import peak_flops
 
 _CONFIG = cli.define_config_flag()
@@ -134,10 +134,11 @@ def main() -> int:
     cfg = _CONFIG.value  # validated by the trainer, before anything is built
     parallel.maybe_initialize_distributed()
     result = run(cfg, _STEPS.value, _INFER_STEPS.value, _INFER_BATCH.value, _INFER_SIZE.value)
+    if jax.process_index() != 0:  # every process times the same global steps
+        return 0
     print(format_result(result))
     if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(result, f, indent=2, default=str)
+        storage.write_text(_JSON.value, json.dumps(result, indent=2, default=str))
     sys.stdout.flush()
     return 0
 

@@ -7,13 +7,14 @@ last ``keep`` checkpoints are kept, plus the best one by a validation metric.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from adverse_vision import storage
 
 
 class CheckpointError(RuntimeError):
@@ -24,7 +25,8 @@ class Checkpointer:
     """Saves and restores ``(state, data iterator)`` under ``directory``.
 
     Args:
-      directory: where the numbered step folders live.
+      directory: where the numbered step folders live (a local folder or a bucket URL,
+        ``gs://...``, which orbax writes through tensorstore).
       keep: how many of the latest checkpoints to keep.
       best_metric: metric name that ranks checkpoints (higher is better); the best
         one is kept in addition to the latest ``keep``.
@@ -33,7 +35,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3, best_metric: str = "val/mAP",
                  use_async: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         self.best_metric = best_metric
         policy = ocp_managers.AnyPreservationPolicy([
             ocp_managers.LatestN(n=keep),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+import jax
 import ml_collections
 
 from adverse_vision import cli
@@ -62,11 +63,14 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", eval_name: Optional
                      options: Optional[dict[str, Any]] = None,
                      write: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Runs the evaluations of a workdir's checkpoint (see the module docstring) and
-    writes, per evaluation, the header line, the method's table and the JSON line.
+    writes, per evaluation, the header line, the method's table and the JSON line (on
+    process 0 only: every process evaluates its share, the results are gathered).
     Returns the JSON records."""
     from adverse_vision import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
     from adverse_vision.data import factory  # pylint: disable=import-outside-toplevel
     trainer, variables, step = trainer_lib.restore_for_eval(workdir, checkpoint)
+    if jax.process_index() != 0:
+        write = _silent
     cfg = trainer.cfg
     names = select_evals(cfg, eval_name, split, degrade)
     per_host = parallel.per_host_batch_size(cfg.eval_batch_size or cfg.batch_size, trainer.mesh)
@@ -82,6 +86,10 @@ def evaluate_workdir(workdir: str, checkpoint: str = "best", eval_name: Optional
         records.append({"eval": name, "step": step, "split": entry_split, **metrics})
         write(json.dumps(records[-1]))
     return records
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- program

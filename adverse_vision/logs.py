@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Optional
 
 import jax
 
+from adverse_vision import storage
+
 
 class MetricWriter:
     """Appends ``{"step": s, name: value, ...}`` lines to ``metrics.jsonl`` and writes the
-    same scalars as TensorBoard events, in ``workdir``. Only process 0 writes."""
+    same scalars as TensorBoard events, in ``workdir`` (a local folder or a bucket: see
+    :mod:`adverse_vision.storage`). Only process 0 writes."""
 
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
         self._file = None
         self._tb = None
         if self.active:
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._file = storage.GrowingFile(storage.join(workdir, "metrics.jsonl"))
             from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            storage.register_tensorboard()
+            self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.active:
@@ -47,8 +50,8 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
     """The records of a workdir's ``metrics.jsonl``."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = storage.read_text(storage.join(workdir, "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Progress:

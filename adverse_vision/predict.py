@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from adverse_vision import cli, parallel
+from adverse_vision import cli, parallel, storage
 from adverse_vision import draw as draw_lib
 from adverse_vision.data.augment import letterbox
 from adverse_vision.data import files
@@ -70,15 +70,14 @@ class ImageReadError(ValueError):
 
 def list_images(path: str) -> list[str]:
     """The image files of a folder (not recursive, sorted), or ``[path]`` for a file."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"--images {path} does not exist")
-    if os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path)
-                       if n.lower().endswith(IMAGE_EXTENSIONS)
-                       and os.path.isfile(os.path.join(path, n)))
+    if storage.isdir(path):
+        names = [n for n in storage.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS)
+                 and not storage.isdir(storage.join(path, n))]
         if not names:
             raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        return [os.path.join(path, n) for n in names]
+        return [storage.join(path, n) for n in names]
     if not path.lower().endswith(IMAGE_EXTENSIONS):
         raise ValueError(f"--images {path} is not an image file: expected one of "
                          f"{', '.join(IMAGE_EXTENSIONS)}")
@@ -117,12 +116,12 @@ EXTRA_INPUTS: dict[str, ExtraInput] = {"thermal": ExtraInput("--infrared", "infr
 def infrared_pairs(paths: Sequence[str], folder: str) -> list[Optional[str]]:
     """The infrared file of each visible image in ``folder``, matched by file stem
     (None where there is none)."""
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         raise FileNotFoundError(f"--infrared {folder} is not a folder")
     by_stem: dict[str, str] = {}
-    for name in sorted(os.listdir(folder)):
+    for name in storage.listdir(folder):
         if name.lower().endswith(IMAGE_EXTENSIONS):
-            by_stem.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
+            by_stem.setdefault(os.path.splitext(name)[0], storage.join(folder, name))
     return [by_stem.get(os.path.splitext(os.path.basename(p))[0]) for p in paths]
 
 
@@ -367,16 +366,22 @@ def _write_outputs(out: str, stem: str, path: str, image: np.ndarray, pred: Pred
     for suffix, picture in pred.images.items():
         if picture.ndim == 3 and picture.shape[-1] == 1:
             picture = picture[..., 0]  # one channel: an 8-bit grey file
-        Image.fromarray(picture).save(os.path.join(out, f"{stem}{suffix}"))
+        _save_image(picture, storage.join(out, f"{stem}{suffix}"))
     if not detects:
         return
     record = detections_json(os.path.basename(path), h, w, pred, class_names)
-    with open(os.path.join(out, f"{stem}.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    storage.write_text(storage.join(out, f"{stem}.json"), json.dumps(record, indent=2))
     canvas = image if pred.canvas is None else pred.canvas
     drawn = draw_lib.draw_detections(canvas, pred.boxes, pred.classes, pred.scores, class_names)
-    Image.fromarray(drawn).save(os.path.join(out, f"{stem}_boxes.jpg"), quality=95,
-                                subsampling=0)  # 4:4:4 keeps thin coloured lines sharp
+    _save_image(drawn, storage.join(out, f"{stem}_boxes.jpg"), quality=95,
+                subsampling=0)  # 4:4:4 keeps thin coloured lines sharp
+
+
+def _save_image(pixels: np.ndarray, path: str, **options: Any) -> None:
+    """An image file in a local folder or a bucket; the format from the file name."""
+    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    with storage.open_file(path, "wb") as f:
+        Image.fromarray(pixels).save(f, format=fmt, **options)
 
 
 def _check_options(score_threshold: float, batch_size: int) -> None:
@@ -408,7 +413,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str], out: str,
     cli.check_path(out, "--out")
     writer = jax.process_index() == 0
     if writer:
-        os.makedirs(out, exist_ok=True)
+        storage.makedirs(out)
     stems = output_stems(paths)
     skipped: list[tuple[str, str]] = []
     decoded: dict[int, dict[str, np.ndarray]] = {}
@@ -524,6 +529,8 @@ def main() -> int:
     summary = predict_folder(f.workdir, f.images, f.out, checkpoint=f.checkpoint,
                              score_threshold=f.score_threshold, restore=f.restore,
                              batch_size=f.batch_size, infrared=f.infrared)
+    if jax.process_index() != 0:  # process 0 wrote the files and says so
+        return 0
     skipped = len(summary["skipped"])
     found = (f", {summary['detections']} detection(s) with score >= {f.score_threshold}"
              if summary["detects"] else "")

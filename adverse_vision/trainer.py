@@ -11,7 +11,8 @@ for every method:
   command), the best checkpoint by the metric of ``cfg.best_eval`` kept;
 * the evaluations of ``cfg.evals``, each on its own data and cadence, logged under its
   name;
-* SIGTERM and Ctrl-C save and exit cleanly; anything non-finite stops the run naming the
+* SIGTERM and Ctrl-C save and exit cleanly, on every process at the same step when
+  there are several; anything non-finite stops the run naming the
   step before it is logged or saved;
 * metrics as JSON lines and TensorBoard events, the resolved config beside them.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -39,6 +39,7 @@ from adverse_vision import errors
 from adverse_vision import methods as methods_lib
 from adverse_vision import optim
 from adverse_vision import parallel
+from adverse_vision import storage
 from adverse_vision import workdir as workdir_lib
 from adverse_vision.convert import pretrained
 from adverse_vision.data import factory as data_factory
@@ -279,28 +280,53 @@ def _stop_non_finite(what: str, ckpt: ckpt_lib.Checkpointer) -> None:
 
 class _Preemption:
     """Turns SIGTERM (a preempted VM, ``kill``) and a first Ctrl-C (SIGINT) into a flag
-    the loop polls, so it can save and exit cleanly; a second Ctrl-C interrupts at once."""
+    the loop polls once per step (:meth:`poll`), so it can save and exit cleanly; a
+    second Ctrl-C interrupts at once.
+
+    On several processes the flag must turn on at the same step everywhere, or the
+    processes that stop leave the others waiting in the next collective. There SIGTERM
+    is left to JAX's preemption notifier (installed by ``jax.distributed.initialize``):
+    a process that gets it tells the others through the coordination service, and
+    ``reached_preemption_sync_point`` turns true on every process at one agreed step.
+    A first Ctrl-C raises SIGTERM in its own process, to the same effect."""
 
     def __init__(self):
         self.requested = False
+        self._interrupted = False
+        self._synced = jax.process_count() > 1
         self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            signals = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):  # pylint: disable=unused-argument
         name = signal.Signals(signum).name
-        if self.requested and signum == signal.SIGINT:
+        if signum == signal.SIGINT and (self.requested or self._interrupted):
             raise KeyboardInterrupt
         if signum == signal.SIGINT:
             log.warning("%s received: saving a checkpoint and exiting (press Ctrl-C again to "
                         "stop without saving)", name)
         else:
             log.warning("%s received: saving a checkpoint and exiting", name)
-        self.requested = True
+        if self._synced:
+            self._interrupted = True
+            signal.raise_signal(signal.SIGTERM)  # to JAX's notifier, shared by all processes
+        else:
+            self.requested = True
+
+    def poll(self, step: int) -> bool:
+        """Whether to save and stop after ``step``: the same answer on every process.
+        Call it once per step, with increasing steps."""
+        if self._synced and not self.requested:
+            from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+            if multihost_utils.reached_preemption_sync_point(step):
+                log.warning("preemption: every process saves step %d and exits", step)
+                self.requested = True
+        return self.requested
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
@@ -311,10 +337,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                        progress: Optional[bool] = None) -> dict[str, Any]:
     """Trains ``cfg`` in ``workdir``, resuming from the last checkpoint there."""
     trainer = Trainer(cfg)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     ckpt = workdir_lib.checkpointer(workdir, cfg, trainer.method, keep=cfg.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
-    if resuming and os.path.exists(workdir_lib.config_path(workdir)):
+    if resuming and storage.exists(workdir_lib.config_path(workdir)):
         for change in workdir_lib.check_config_change(cfg, workdir):
             log.warning("resumed with a changed config: %s", change)
     workdir_lib.save_config(cfg, workdir)
@@ -348,12 +374,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 step += 1
                 window.add(step, metrics)
                 bar.update(step)
+                stopping = preempt.poll(step)
                 log_now = step % cfg.log_every == 0 or step == cfg.total_steps
                 evals_now = [name for name, entry in cfg.evals.items()
                              if step % (entry.every or cfg.eval_every) == 0
                              or step == cfg.total_steps]
-                save_now = (bool(evals_now) or step % cfg.checkpoint_every == 0
-                            or preempt.requested)
+                save_now = bool(evals_now) or step % cfg.checkpoint_every == 0 or stopping
                 if log_now or save_now:
                     window.check(trainer, state, ckpt, data)
                 if log_now:
@@ -373,7 +399,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                     writer.write(step, evaluated)
                 if save_now:
                     ckpt.save(step, state, train_iter, metrics=evaluated or None)
-                if preempt.requested:
+                if stopping:
                     summary["preempted"] = True
                     break
     except BaseException as e:
@@ -393,7 +419,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
             "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
         })
         if jax.process_index() == 0:
-            workdir_lib.write_json(os.path.join(workdir, "summary.json"), summary)
+            workdir_lib.write_json(storage.join(workdir, "summary.json"), summary)
     return summary
 
 

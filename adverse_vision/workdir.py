@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import jax
@@ -21,6 +20,7 @@ from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import config as config_lib
 from adverse_vision import methods as methods_lib
 from adverse_vision import state as state_lib
+from adverse_vision import storage
 from adverse_vision.parallel import make_mesh, replicated
 
 log = logging.getLogger("adverse_vision")
@@ -34,13 +34,12 @@ RESUMABLE_CHANGES = ("total_steps", "eval_every", "checkpoint_every", "log_every
 
 
 def config_path(workdir: str) -> str:
-    return os.path.join(workdir, "config.json")
+    return storage.join(workdir, "config.json")
 
 
 def save_config(cfg: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() == 0:
-        with open(config_path(workdir), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
+        storage.write_text(config_path(workdir), cfg.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -48,10 +47,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     written by an older version loads too: keys added since get their defaults, and
     the keys of other methods that older versions saved with every run are dropped."""
     path = config_path(workdir)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-    with open(path) as f:
-        loaded = _lists_to_tuples(json.load(f))
+    loaded = _lists_to_tuples(json.loads(storage.read_text(path)))
     reference = methods_lib.config(loaded.get("method", ""))
     _fill_defaults(loaded, reference)
     dropped = _drop_unknown(loaded, reference)
@@ -126,8 +124,7 @@ def _leaves(cfg: ml_collections.ConfigDict) -> list[tuple[str, Any]]:
 
 def write_json(path: str, value: Any) -> None:
     """Strict JSON (``null``, never ``NaN``, for a value that is not a finite number)."""
-    with open(path, "w") as f:
-        json.dump(_strict(value), f, indent=2, default=str, allow_nan=False)
+    storage.write_text(path, json.dumps(_strict(value), indent=2, default=str, allow_nan=False))
 
 
 def _strict(x: Any) -> Any:
@@ -149,7 +146,7 @@ def best_metric(cfg: ml_collections.ConfigDict, method) -> str:
 
 def checkpointer(workdir: str, cfg: ml_collections.ConfigDict, method,
                  keep: int = 3) -> ckpt_lib.Checkpointer:
-    return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=keep,
+    return ckpt_lib.Checkpointer(storage.join(workdir, "checkpoints"), keep=keep,
                                  best_metric=best_metric(cfg, method))
 
 

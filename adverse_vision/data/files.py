@@ -35,6 +35,7 @@ import os
 
 import numpy as np
 
+from adverse_vision import storage
 from adverse_vision.errors import DataError, MissingPathError
 
 __all__ = ["ImageDecodeError", "check_folder", "read_gray", "read_id_list", "read_rgb"]
@@ -72,7 +73,7 @@ def _decode(path: str, mode: str) -> np.ndarray:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     try:
-        with Image.open(path) as im:
+        with Image.open(storage.open_file(path) if storage.is_url(path) else path) as im:
             im = _eight_bit(im)
             if im.mode != mode:
                 if im.mode == "P" and "transparency" in im.info:

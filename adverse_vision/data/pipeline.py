@@ -3,11 +3,12 @@
 Training::
 
   MapDataset.source(source)          records, tagged with their global index
-    [process_index::process_count]   this host's share (equal length on all hosts)
-    .shuffle(seed)                   a new order every epoch
+    .shuffle(seed)                   a new order every epoch, the same on every host
     .repeat(num_epochs)              None: forever
     .random_map(...)                 augment -> letterbox -> degrade -> pack
-    .batch(batch_size)
+    .batch(batch_size)               this host's share of a global batch ...
+    [process_index::process_count]   ... every process_count-th one (lazy: a host
+                                     reads and processes only its own elements)
     .to_iter_dataset()
     .mp_prefetch(num_workers)        when num_workers > 0
     ConsumerStep                     in this process: records the problems met while
@@ -20,8 +21,10 @@ of batches; the tail is filled with padding samples whose ``valid`` is False, so
 each sample is seen exactly once with static shapes.
 
 Random numbers: training samples get grain's per-element generator, seeded from
-``(seed, process_index)`` and the element's position in the stream, so batches are
-reproducible and independent of ``num_workers``.
+``seed`` and the element's position in the global stream, so batches are
+reproducible and independent of ``num_workers`` and of the number of hosts: the
+global batches of a run on several hosts equal those of one host with the same
+global batch size.
 
 Batches follow the contract in the package docs (``image`` degraded, ``clean``,
 ``boxes``/``classes``/``box_mask``/``difficult`` padded to ``max_boxes``,
@@ -435,19 +438,26 @@ def batched(source: Any, *, caller: str, train: bool, train_map: grain.transform
     n = len(source)
     indexed = grain.MapDataset.source(handoff.Reader(source)).map_with_index(_AttachIndex(n))
     if train:
-        per_host = n // process_count
-        if per_host == 0:
-            raise ValueError(f"{caller}: {n} samples cannot be split over {process_count} processes")
-        ds = indexed[process_index::process_count]
-        if process_count > 1:
-            # Equal shares, so every host runs the same number of steps per epoch.
-            ds = ds[:per_host]
+        # One global stream, the same on every host and for any number of hosts:
+        # shuffled, repeated and augmented by the element's position in it. Global batch
+        # k is its elements [k * B, (k + 1) * B); host p reads and processes only its
+        # rows [p * b, (p + 1) * b) (B = process_count * b), so a run on several hosts
+        # sees the very batches of a one-host run with the same global batch.
         shuffle_seed, map_seed = (
-            int(v) for v in np.random.SeedSequence([seed, process_index]).generate_state(2)
+            int(v) for v in np.random.SeedSequence([seed, 0]).generate_state(2)
         )
-        ds = ds.shuffle(seed=shuffle_seed).repeat(num_epochs)
+        ds = indexed.shuffle(seed=shuffle_seed).repeat(num_epochs)
         ds = ds.random_map(train_map, seed=map_seed)
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if process_count == 1:
+            ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        else:
+            if num_epochs is not None and n * num_epochs < batch_size * process_count:
+                raise ValueError(
+                    f"{caller}: {n} samples x {num_epochs} epochs do not fill one global "
+                    f"batch of {batch_size} x {process_count} processes")
+            # A partial global batch cannot be split evenly: every host drops it.
+            ds = ds.batch(batch_size, drop_remainder=True)
+            ds = ds[:len(ds) // process_count * process_count][process_index::process_count]
     else:
         indices = np.arange(process_index, n, process_count)
         total = num_eval_batches(n, batch_size, process_count) * batch_size

@@ -279,20 +279,23 @@ def test_eval_covers_each_index_once_with_padded_tail():
     np.testing.assert_array_equal(host1[0]["image"][0], first[0]["image"][1])
 
 
-def test_per_host_split_train():
+def test_hosts_share_the_global_batches_of_one_host():
+    """Two hosts with batch 3 each read disjoint halves of each global batch of 6 and,
+    concatenated, get exactly the batches (samples, augmentation, fog) of one host with
+    batch 6: a multi-host run trains on the same data as a one-host run."""
     src = ListSource(12)
-    epochs = {}
-    for p in range(2):
-        batches = _take(_make(src, batch_size=3, process_index=p, process_count=2), 4)
-        epochs[p] = [
-            np.concatenate([b["index"] for b in batches[:2]]),
-            np.concatenate([b["index"] for b in batches[2:]]),
-        ]
-    for e in range(2):
-        a, b = set(epochs[0][e]), set(epochs[1][e])
-        assert len(a) == len(b) == 6
-        assert not a & b
-        assert a | b == set(range(12))
+    augment = dict(aug.DEFAULT_AUGMENT)
+    one = _take(_make(src, batch_size=6, degrade=HAZE, augment=augment), 4)
+    hosts = [_take(_make(src, batch_size=3, degrade=HAZE, augment=augment, process_index=p,
+                         process_count=2), 4) for p in range(2)]
+    for k in range(4):
+        assert not set(hosts[0][k]["index"]) & set(hosts[1][k]["index"])
+        for key in one[k]:
+            np.testing.assert_array_equal(
+                np.concatenate([hosts[0][k][key], hosts[1][k][key]]), one[k][key],
+                err_msg=f"batch {k} {key}")
+    # Every epoch still covers the set once.
+    assert sorted(np.concatenate([b["index"] for b in one[:2]])) == list(range(12))
 
 
 def test_mixed_degradations_pick_per_sample():
@@ -352,8 +355,8 @@ def test_bad_config_errors():
         _make(src, batch_size=0)
     with pytest.raises(ValueError, match="process_index"):
         _make(src, process_index=2, process_count=2)
-    with pytest.raises(ValueError, match="cannot be split"):
-        _make(ListSource(1), process_index=0, process_count=2)
+    with pytest.raises(ValueError, match="do not fill one global batch"):
+        _make(ListSource(3), num_epochs=1, process_index=0, process_count=2)
 
 
 def test_scenes_source_integration():

@@ -1,0 +1,133 @@
+"""Paths anywhere: local folders and cloud storage (``gs://``, ``s3://``, ``az://``,
+``hf://``) through ``etils.epath``.
+
+Every file the programs write in a workdir or an output folder (``config.json``,
+``metrics.jsonl``, TensorBoard events, ``summary.json``, checkpoints, predictions) and
+the image files ``predict`` reads go through here, so a workdir may be a bucket
+(``--workdir gs://bucket/runs/x``) and every host of a slice writes into the same one.
+``gs://`` needs ``gcsfs`` (in the requirements); ``s3://`` needs ``s3fs``.
+
+Object stores cannot append: a growing text file (``metrics.jsonl``) and the
+TensorBoard event file are rewritten whole at each flush there (they are small), and
+appended locally.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import IO, Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+
+#: URL schemes that ``etils.epath`` serves from a remote store.
+URL_SCHEMES = ("gs", "s3", "az", "hf")
+
+
+def is_url(path: PathLike) -> bool:
+    """Whether ``path`` names a remote store (``gs://...``) rather than a local file."""
+    return "://" in os.fspath(path)
+
+
+def path(p: PathLike) -> epath.Path:
+    return epath.Path(p)
+
+
+def absolute(p: PathLike) -> str:
+    """A local path made absolute; a URL as it is (``os.path.abspath`` would turn
+    ``gs://b/x`` into ``./gs:/b/x``)."""
+    p = os.fspath(p)
+    return p if is_url(p) else os.path.abspath(p)
+
+
+def join(base: PathLike, *parts: str) -> str:
+    return os.fspath(epath.Path(base).joinpath(*parts))
+
+
+def exists(p: PathLike) -> bool:
+    return epath.Path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+    return epath.Path(p).is_dir()
+
+
+def makedirs(p: PathLike) -> None:
+    epath.Path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p: PathLike) -> list[str]:
+    """The names in folder ``p``."""
+    return sorted(child.name for child in epath.Path(p).iterdir())
+
+
+def read_text(p: PathLike) -> str:
+    return epath.Path(p).read_text()
+
+
+def write_text(p: PathLike, text: str) -> None:
+    epath.Path(p).write_text(text)
+
+
+def open_file(p: PathLike, mode: str = "rb") -> IO:
+    return epath.Path(p).open(mode)
+
+
+class GrowingFile:
+    """A file written a piece at a time, readable after every :meth:`flush`: appended
+    locally; in an object store its whole content is rewritten at each flush."""
+
+    def __init__(self, p: PathLike, binary: bool = False):
+        self.path = os.fspath(p)
+        self.binary = binary
+        self._remote = is_url(self.path)
+        self._lock = threading.Lock()
+        if self._remote:
+            mode = "rb" if binary else "r"
+            self._content = (epath.Path(self.path).open(mode).read() if exists(self.path)
+                             else (b"" if binary else ""))
+            self._file = None
+        else:
+            self._file = open(self.path, "ab" if binary else "a")
+
+    def write(self, data: Union[str, bytes]) -> None:
+        with self._lock:
+            if self._remote:
+                self._content += data
+            else:
+                self._file.write(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._remote:
+                with epath.Path(self.path).open("wb" if self.binary else "w") as f:
+                    f.write(self._content)
+            else:
+                self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _EventFiles:
+    """tensorboardX's writer factory for URL prefixes: event files through epath."""
+
+    def open(self, p: str) -> GrowingFile:
+        return GrowingFile(p, binary=True)
+
+    def directory_check(self, p: str) -> None:
+        makedirs(p)
+
+
+def register_tensorboard() -> None:
+    """Lets tensorboardX write event files to every URL scheme epath serves (it knows
+    ``s3://`` and, with google-cloud-storage, ``gs://`` by itself; this makes them
+    one route with the rest of a workdir)."""
+    from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+    for scheme in URL_SCHEMES:
+        record_writer.register_writer_factory(scheme, _EventFiles())

@@ -1,0 +1,111 @@
+"""Workdirs and outputs in a bucket: ``gs://`` served by an in-memory filesystem in
+place of Cloud Storage (etils.epath's fsspec route, which gcsfs serves for real)."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from etils.epath import backend
+from fsspec.implementations.memory import MemoryFileSystem
+from PIL import Image
+from tensorboardX.proto import event_pb2
+
+from adverse_vision import checkpoint as ckpt_lib
+from adverse_vision import logs, storage, trainer as trainer_lib, workdir as workdir_lib
+from tests.helpers import smoke_config
+
+
+class _MemoryBucket(MemoryFileSystem):
+    protocol = ("gs", "gcs")
+    store: dict = {}
+    pseudo_dirs = [""]
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    fs = _MemoryBucket()
+    fs.store.clear()
+    monkeypatch.setenv("EPATH_USE_TF", "false")
+    monkeypatch.setattr(backend.fsspec_backend, "fs", lambda path: fs)
+    return fs
+
+
+def _events(data: bytes) -> list:
+    """The Event records of a TensorBoard event file (TFRecord framing)."""
+    out, i = [], 0
+    while i < len(data):
+        (length,) = struct.unpack("Q", data[i:i + 8])
+        out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
+        i += 12 + length + 4
+    return out
+
+
+def test_urls_keep_their_scheme():
+    assert storage.absolute("gs://b/run") == "gs://b/run"
+    assert storage.join("gs://b/run", "checkpoints") == "gs://b/run/checkpoints"
+    assert storage.absolute("runs/x").startswith("/")
+
+
+def test_growing_file_rewrites_whole_in_a_bucket_and_appends_locally(bucket, tmp_path):
+    for where in ("gs://b/f.txt", str(tmp_path / "f.txt")):
+        f = storage.GrowingFile(where)
+        f.write("a\n")
+        f.flush()
+        assert storage.read_text(where) == "a\n"
+        f.write("b\n")
+        f.close()
+        again = storage.GrowingFile(where)  # a resumed run adds to what is there
+        again.write("c\n")
+        again.close()
+        assert storage.read_text(where) == "a\nb\nc\n"
+
+
+def test_training_workdir_in_a_bucket(bucket, monkeypatch, tmp_path):
+    """config.json, metrics.jsonl, TensorBoard events and summary.json land in the bucket,
+    nothing in a local ``gs:`` folder; a rerun resumes and adds to the metrics."""
+    asked = []
+
+    class LocalCheckpointer(ckpt_lib.Checkpointer):
+        # orbax writes gs:// through tensorstore's own GCS driver, which no in-memory
+        # filesystem stands in for: the checkpoints alone go to a local folder here.
+        def __init__(self, directory, **kw):
+            asked.append(directory)
+            super().__init__(str(tmp_path / "checkpoints"), **kw)
+
+    monkeypatch.setattr(ckpt_lib, "Checkpointer", LocalCheckpointer)
+    monkeypatch.chdir(tmp_path)
+    cfg = smoke_config(total_steps=4, log_every=2, eval_every=4)
+    summary = trainer_lib.train_and_evaluate(cfg, "gs://b/run", progress=False)
+    assert summary["final_step"] == 4
+    assert asked == ["gs://b/run/checkpoints"]
+    assert not (tmp_path / "gs:").exists()
+    names = storage.listdir("gs://b/run")
+    assert {"config.json", "metrics.jsonl", "summary.json", "tensorboard"} <= set(names)
+    assert workdir_lib.load_config("gs://b/run").total_steps == 4
+    assert json.loads(storage.read_text("gs://b/run/summary.json"))["final_step"] == 4
+    steps = [r["step"] for r in logs.read_metrics("gs://b/run") if "train/loss" in r]
+    assert steps == [2, 4]
+    (event_file,) = storage.listdir("gs://b/run/tensorboard")
+    with storage.open_file(f"gs://b/run/tensorboard/{event_file}") as f:
+        tags = {v.tag for e in _events(f.read()) for v in e.summary.value}
+    assert {"train/loss", "val/mAP"} <= tags
+
+    cfg.total_steps = 6
+    assert trainer_lib.train_and_evaluate(cfg, "gs://b/run", progress=False)["start_step"] == 4
+    steps = [r["step"] for r in logs.read_metrics("gs://b/run") if "train/loss" in r]
+    assert steps == [2, 4, 6]
+
+
+def test_predict_reads_and_writes_a_bucket(bucket):
+    from adverse_vision import predict  # pylint: disable=import-outside-toplevel
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)
+    with storage.open_file("gs://b/in/a.png", "wb") as f:
+        Image.fromarray(pixels).save(f, format="PNG")
+    storage.write_text("gs://b/in/notes.txt", "not an image")
+    (path,) = predict.list_images("gs://b/in")
+    assert path == "gs://b/in/a.png"
+    np.testing.assert_array_equal(predict.read_image(path), pixels)
+    predict._save_image(pixels, "gs://b/out/a_restored.png")  # pylint: disable=protected-access
+    with storage.open_file("gs://b/out/a_restored.png") as f:
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), pixels)
