@@ -5,8 +5,8 @@ r"""Benchmark a config's train step and inference on the local devices.
 
 Prints train-step images/s, inference images/s, compile seconds, the device memory
 one train step needs (XLA's buffer assignment of the compiled program), peak host
-memory and the achieved FLOP/s from XLA's cost analysis (with MFU where the device's
-peak is known). Timings exclude compilation and use a fixed batch already on the
+memory, the achieved FLOP/s from XLA's cost analysis (with MFU where the device's
+peak is known) and the bytes the train step's cross-device collectives move. Timings exclude compilation and use a fixed batch already on the
 devices; every program is compiled once, ahead of time, and that executable is timed
 (:mod:`adverse_vision.timing`). A method times its train step its own way where one
 compiled program is not the whole story (``Method.bench_train``), and adds timings of
@@ -64,7 +64,8 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
         "train_step_s": train.seconds, "train_images_per_s": cfg.batch_size / train.seconds,
         "train_compile_s": train.compile_s, "train_flops_per_step": train.flops,
         "train_flops_per_s": train.flops / train.seconds,
-        "train_memory_gib": train.memory_bytes / 2**30, **extra,
+        "train_memory_gib": train.memory_bytes / 2**30,
+        "train_collective_bytes": train.collective_bytes, **extra,
     }
 
     infer_cfg = cfg.copy_and_resolve_references()
@@ -117,6 +118,9 @@ def format_result(r: dict[str, Any]) -> str:
         f"inference {r['infer_memory_gib']:.2f} GiB (XLA's buffer assignment)",
         f"peak host memory      {r['peak_host_memory_gib']:9.2f} GiB",
     ]
+    if "train_collective_bytes" in r:
+        lines.append(f"collectives           train step {r['train_collective_bytes'] / 2**20:.2f} MiB "
+                     f"per device over the {r['devices']} (gradients, BatchNorm statistics)")
     method = r["config"].get("method")
     if method:
         lines += methods_lib.get(method).bench_lines(r)

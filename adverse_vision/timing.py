@@ -8,6 +8,8 @@ arguments already on the devices, so the timings leave compilation and transfers
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import time
 from typing import Any, Callable, Optional
 
@@ -40,6 +42,41 @@ class Measured:
     compile_s: float
     flops: float
     memory_bytes: int  # device memory of one call: arguments, outputs and temporaries
+    collective_bytes: int = 0  # summed over the program's cross-device collectives
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One cross-device collective of a compiled program, as XLA's HLO states it."""
+    op: str  # all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute
+    shape: str  # its result, e.g. "f32[3,3,16,32]" or a tuple "(f32[16], f32[])"
+    bytes: int  # of that result, on one device
+
+
+_COLLECTIVE = re.compile(r"= (?P<shape>[^=]*?) (?P<op>all-reduce|all-gather|reduce-scatter|"
+                         r"all-to-all|collective-permute)(?:-start)?\(")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+_ITEM_BYTES = {"pred": 1, "s4": 1, "u4": 1}
+
+
+def _shape_bytes(shape: str) -> int:
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape):
+        size = _ITEM_BYTES.get(dtype)
+        if size is None:
+            bits = re.search(r"[0-9]+", dtype)
+            size = int(bits.group()) // 8 if bits else 4
+        total += size * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def collectives(compiled) -> list[Collective]:
+    """The cross-device collectives of a compiled program (its optimised HLO): on a
+    batch-sharded train step, parameter-gradient and BatchNorm-statistic all-reduces
+    are expected; anything whose size grows with the global batch means the
+    partitioner replicated a batch-sized tensor."""
+    return [Collective(m["op"], m["shape"].strip(), _shape_bytes(m["shape"]))
+            for m in _COLLECTIVE.finditer(compiled.as_text())]
 
 
 def _flops(compiled) -> float:
@@ -82,7 +119,7 @@ def measure(fn, args: tuple, steps: int) -> Measured:
     """Compiles the jitted ``fn`` for ``args`` and times ``steps`` calls of it."""
     compiled, compile_s = _compile(fn, *args)
     return Measured(seconds_per_call(compiled, args, steps), compile_s, _flops(compiled),
-                    _memory_bytes(compiled))
+                    _memory_bytes(compiled), sum(c.bytes for c in collectives(compiled)))
 
 
 def measure_train_step(train_step, state, batch, steps: int,
@@ -99,7 +136,7 @@ def measure_train_step(train_step, state, batch, steps: int,
         return metrics
 
     return Measured(seconds_per_call(one, (batch,), steps), compile_s, _flops(compiled),
-                    _memory_bytes(compiled))
+                    _memory_bytes(compiled), sum(c.bytes for c in collectives(compiled)))
 
 
 class BenchTools:

@@ -6,7 +6,10 @@ evaluation, the evaluator and its data. This module owns everything else, identi
 for every method:
 
 * one ``("data",)`` mesh, one jitted train step with explicit shardings and a donated
-  state, per-step randomness by ``fold_in(seed key, step)``;
+  state, traced under the mesh (per-image work stays on each device's rows), per-step
+  randomness by ``fold_in(seed key, step)``;
+* only the batch entries the step reads sent to the devices, two steps ahead
+  (:mod:`adverse_vision.feed`);
 * orbax checkpoints of the state and the data iterator (resume by rerunning the same
   command), the best checkpoint by the metric of ``cfg.best_eval`` kept;
 * the evaluations of ``cfg.evals``, each on its own data and cadence, logged under its
@@ -36,6 +39,7 @@ import optax
 
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import errors
+from adverse_vision import feed
 from adverse_vision import methods as methods_lib
 from adverse_vision import optim
 from adverse_vision import parallel
@@ -54,6 +58,10 @@ load_workdir_config = workdir_lib.load_config
 save_config = workdir_lib.save_config
 write_json = workdir_lib.write_json
 check_config_change = workdir_lib.check_config_change
+
+
+#: Training batches waiting on the devices ahead of the step that takes them.
+DEVICE_PREFETCH = 2
 
 
 class NonFiniteLossError(errors.RunStopped):
@@ -76,6 +84,7 @@ class Trainer:
         self._train_step = None
         self._predict = None
         self._all_finite = None
+        self._batch_keys: dict[Any, tuple[str, ...]] = {}
 
     # ----------------------------------------------------------------- state
     def _create_state(self, rng: jax.Array) -> TrainState:
@@ -135,6 +144,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def _step(self, state: TrainState, batch: dict[str, jax.Array], variant: Any = None):
+        # Traced under the mesh, so per-sample operations can run on each device's rows
+        # (adverse_vision.ops.per_device).
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+            return self._step_on_mesh(state, batch, variant)
+
+    def _step_on_mesh(self, state: TrainState, batch: dict[str, jax.Array], variant: Any):
         rng = jax.random.fold_in(self.base_rng, state.step)
 
         grads_fn = getattr(self.method, "grads_fn", None)
@@ -181,11 +196,26 @@ class Trainer:
             self._train_step = _TrainStep(jitted, getattr(self.method, "step_variant", None))
         return self._train_step
 
+    def batch_keys(self, step: int, local: dict[str, Any]) -> tuple[str, ...]:
+        """The entries of a host batch (``local``) that the train step of ``step`` reads:
+        the only ones sent to the devices (found once per step variant by tracing the
+        step on shapes, :func:`adverse_vision.feed.read_keys`)."""
+        variant = self.train_step.variant(step)
+        if variant not in self._batch_keys:
+            self._batch_keys[variant] = feed.read_keys(
+                lambda state, batch: self._step(state, batch, variant),
+                self.abstract_state(), feed.global_shapes(local))
+        return self._batch_keys[variant]
+
     @property
     def predict(self) -> Callable:
         if self._predict is None:
+            def predict(variables, batch):
+                with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                    return self.method.predict(variables, batch)
+
             self._predict = jax.jit(
-                lambda variables, batch: self.method.predict(variables, batch),
+                predict,
                 in_shardings=(self.replicated, self.batch_sharding),
                 out_shardings=self.batch_sharding)
         return self._predict
@@ -222,6 +252,10 @@ class _TrainStep:
         if step is None:
             step = int(jax.device_get(state.step))
         return self.step_variant(int(step))
+
+    def variant(self, step: int) -> Any:
+        """The method's variant of iteration ``step`` (None for methods without)."""
+        return None if self.step_variant is None else self.step_variant(int(step))
 
     def __call__(self, state: TrainState, batch: dict[str, jax.Array],
                  step: Optional[int] = None):
@@ -348,12 +382,20 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     data = data_factory.DataBundle(cfg, per_host_batch=per_host, method=trainer.method)
     train_iter = data.train_iterator()
 
-    if resuming:
-        state, start = ckpt.restore(trainer.abstract_state(), train_iter)
-        log.info("resumed from step %d in %s", start, ckpt.directory)
-    else:
-        state = trainer.start_state()
+    try:
+        if resuming:
+            state, start = ckpt.restore(trainer.abstract_state(), train_iter)
+            log.info("resumed from step %d in %s", start, ckpt.directory)
+        else:
+            state = trainer.start_state()
+    except BaseException:
+        ckpt.close()
+        train_iter.close()
+        raise
     start = int(jax.device_get(state.step))
+    # From here the feeder owns the data iterator (and closes it).
+    feeder = feed.DevicePrefetcher(train_iter, trainer.mesh, trainer.batch_keys,
+                                   first_step=start, ahead=DEVICE_PREFETCH)
 
     writer = MetricWriter(workdir)
     bar = Progress(total=cfg.total_steps, initial=start, enabled=progress,
@@ -367,9 +409,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     try:
         with _Preemption() as preempt:
             while step < cfg.total_steps:
-                local = next(train_iter)
-                invalid_samples += int(np.sum(~np.asarray(local["valid"])))
-                batch = parallel.global_batch(local, trainer.mesh)
+                batch, invalid = next(feeder)
+                invalid_samples += invalid
                 state, metrics = trainer.train_step(state, batch, step=step)
                 step += 1
                 window.add(step, metrics)
@@ -398,7 +439,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
                 if evaluated:
                     writer.write(step, evaluated)
                 if save_now:
-                    ckpt.save(step, state, train_iter, metrics=evaluated or None)
+                    ckpt.save(step, state, feeder.checkpoint_view(), metrics=evaluated or None)
                 if stopping:
                     summary["preempted"] = True
                     break
@@ -407,8 +448,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         raise
     finally:
         bar.close()
-        ckpt.close()  # waits for the last save, which reads the iterator's state
-        train_iter.close()  # stops its worker processes
+        ckpt.close()  # waits for the last save
+        feeder.close()  # stops its thread and the data iterator's worker processes
         writer.close()
         elapsed = time.time() - t_start
         summary.update({

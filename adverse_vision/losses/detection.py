@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from adverse_vision.ops.boxes import decode, giou_aligned, iou_aligned, xyxy_to_cxcywh
+from adverse_vision.ops.per_device import batch_local
 from adverse_vision.ops.simota import simota_assign
 
 __all__ = ["yolox_loss", "focal_objectness"]
@@ -133,11 +134,13 @@ def yolox_loss(
     capped = preds.at[..., 2:4].set(jnp.minimum(preds[..., 2:4], MAX_LOG_WH))
     boxes, obj, cls = decode(capped, grid, strides)  # (B,A,4), (B,A), (B,A,C)
 
-    assign = jax.vmap(
+    # Each device assigns its own images (SimOTA's top_k on the batch-sharded cost
+    # would otherwise gather every image's cost matrix to every device).
+    assign = batch_local(jax.vmap(
         lambda pb, po, pc, gb, gc, gm: simota_assign(
             pb, po, pc, grid, strides, gb, gc, gm, center_radius=center_radius, topk=topk
         )
-    )(
+    ))(
         jax.lax.stop_gradient(boxes),
         jax.lax.stop_gradient(obj),
         jax.lax.stop_gradient(cls),

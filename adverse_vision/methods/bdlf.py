@@ -58,6 +58,7 @@ mAP@0.5 of the detector and mIoU of the segmenter on the fused colour images. In
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
@@ -168,6 +169,28 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 
 def _dtype(cfg):
     return jnp.dtype(cfg.model.dtype)
+
+
+class _Entries(Mapping):
+    """The entries of ``batch`` under ``prefix`` (named without it); with an empty
+    prefix, those under no upper-level prefix. Values are read from ``batch`` when
+    asked for."""
+
+    def __init__(self, batch: Mapping[str, Any], prefix: str):
+        self._batch, self._prefix = batch, prefix
+        self._names = [k[len(prefix):] for k in batch
+                       if (k.startswith(prefix) if prefix else not k.startswith(UPPER_PREFIX))]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names:
+            raise KeyError(key)
+        return self._batch[self._prefix + key]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @methods.register("bdlf")
@@ -394,8 +417,9 @@ class BDLFMethod(methods.Method):
         docstring). ``variant``: :meth:`step_variant` of the iteration, known on the
         host; None decides from the traced ``step`` with a ``lax.cond`` (correct, but
         XLA:CPU runs a conditional's branches many times slower)."""
-        lower = {k: v for k, v in batch.items() if not k.startswith(UPPER_PREFIX)}
-        upper = {k[len(UPPER_PREFIX):]: v for k, v in batch.items() if k.startswith(UPPER_PREFIX)}
+        # Views, not copies: an entry is read only where it is used, so the trainer sends
+        # the upper-level batch to the devices only for the steps that read it.
+        lower, upper = _Entries(batch, ""), _Entries(batch, UPPER_PREFIX)
         stats = model_state.get("batch_stats", {})
         theta = params.get("fusion")
         rngs = dict(zip(self.branches + ("aggregate", "upper"), jax.random.split(rng, len(self.branches) + 2)))
@@ -553,7 +577,8 @@ class BDLFMethod(methods.Method):
                                          steps)
         mean = Measured((hyper.seconds + (k - 1) * lower.seconds) / k, hyper.compile_s,
                         (hyper.flops + (k - 1) * lower.flops) / k,
-                        max(hyper.memory_bytes, lower.memory_bytes))
+                        max(hyper.memory_bytes, lower.memory_bytes),
+                        (hyper.collective_bytes + (k - 1) * lower.collective_bytes) // k)
         return mean, {
             "bilevel_hyper_step_s": hyper.seconds, "bilevel_lower_step_s": lower.seconds,
             "bilevel_hyper_flops_per_step": hyper.flops,

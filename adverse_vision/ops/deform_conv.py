@@ -193,12 +193,14 @@ def deform_conv2d(
     c0, c1, wc0, wc1 = _axis_terms(pos_c, wp)
 
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    flat = xp.reshape(b * hp * wp, cin)
-    origin = (jnp.arange(b, dtype=jnp.int32) * (hp * wp))[:, None, None, None]
+    flat = xp.reshape(b, hp * wp, cin)
 
     def corner(rows, cols):
-        idx = origin + rows * wp + cols
-        return jnp.take(flat, idx.reshape(-1), axis=0, mode="clip").reshape(b, ho, wo, taps, cin)
+        # One gather table per image (a batched gather), so that a batch-sharded map is
+        # sampled on its own device rather than merged into one global table.
+        idx = (rows * wp + cols).reshape(b, ho * wo * taps)
+        picked = jax.vmap(lambda table, i: jnp.take(table, i, axis=0, mode="clip"))(flat, idx)
+        return picked.reshape(b, ho, wo, taps, cin)
 
     g = lambda a, c: (a * c)[..., None]
     samples = (

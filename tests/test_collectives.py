@@ -1,0 +1,49 @@
+"""The compiled train steps shard cleanly on 8 devices: no cross-device collective grows
+with the global batch (only parameter gradients, BatchNorm statistics and scalars
+cross devices)."""
+
+import contextlib
+
+import pytest
+
+from adverse_vision import parallel, timing
+from adverse_vision.data import factory
+from adverse_vision.trainer import Trainer
+from configs import togethernet_scenes
+from tests.helpers import _override, bdlf_smoke_config, dnhl_smoke_config, smoke_config
+
+
+def _step_collectives(cfg, step=0) -> list[timing.Collective]:
+    trainer = Trainer(cfg)
+    data = factory.DataBundle(cfg, per_host_batch=cfg.batch_size, method=trainer.method)
+    with contextlib.closing(data.train_iterator()) as batches:
+        batch = parallel.global_batch(next(batches), trainer.mesh)
+    lowered = trainer.train_step.lower(trainer.abstract_state(), batch, step=step)
+    return timing.collectives(lowered.compile())
+
+
+CONFIGS = {
+    "detection": lambda b: smoke_config(batch_size=b),
+    "togethernet": lambda b: _override(togethernet_scenes.get_config("smoke"), {"batch_size": b}),
+    "dnhl": lambda b: dnhl_smoke_config("joint", batch_size=b),
+    "bdlf_upper": lambda b: bdlf_smoke_config("", batch_size=b),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_no_collective_grows_with_the_batch(name):
+    # BDLF's upper step (its hypergradient) is the program with the most to share.
+    sizes = {b: _step_collectives(CONFIGS[name](b)) for b in (8, 16)}
+    assert sizes[8], "a batch-sharded train step reduces its gradients across devices"
+    for b, found in sizes.items():
+        gathers = [c for c in found if c.op == "all-gather"]
+        assert not gathers, f"batch {b}: all-gathers {gathers[:3]}"
+    total = {b: sum(c.bytes for c in found) for b, found in sizes.items()}
+    assert total[16] == total[8], (
+        f"collective bytes grow with the batch: {total}; the largest at 16: "
+        f"{sorted(sizes[16], key=lambda c: -c.bytes)[:3]}")
+
+
+def test_collective_sizes_are_read_from_the_hlo():
+    assert timing._shape_bytes("f32[3,3,16,32]") == 4 * 3 * 3 * 16 * 32  # pylint: disable=protected-access
+    assert timing._shape_bytes("(f32[16]{0}, bf16[], pred[4])") == 64 + 2 + 4  # pylint: disable=protected-access
