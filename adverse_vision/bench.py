@@ -16,10 +16,11 @@ its parts (``Method.bench_extra``) with their report lines (``Method.bench_lines
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import resource
 import sys
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 from absl import flags
@@ -35,7 +36,12 @@ _INFER_STEPS = flags.DEFINE_integer("infer_steps", 10, "Timed inference batches.
 _INFER_BATCH = flags.DEFINE_integer("infer_batch", 0, "Inference batch (0: the config's).")
 _INFER_SIZE = flags.DEFINE_integer("infer_size", 0, "Inference image size (0: the config's).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
-flags.mark_flags_as_required(["config"])
+_SUITE = flags.DEFINE_boolean("suite", False, "Benchmark every method's default config in "
+                              "float32 and bfloat16 (instead of --config) and print a table.")
+_SUITE_SIZE = flags.DEFINE_enum("suite_size", "full", ["full", "small"],
+                                "full: the default (full-size) configs; small: the smallest "
+                                "variants, for a CPU.")
+_SUITE_METHODS = flags.DEFINE_list("suite_methods", None, "Only these entries of the suite.")
 
 
 def setup(cfg):
@@ -132,9 +138,89 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The suite: (entry, config file, variant of the full-size run, variant for a CPU).
+SUITE = (
+    ("detection", "configs/yolox_scenes.py", "", "smoke"),
+    ("togethernet", "configs/togethernet_scenes.py", "", "smoke"),
+    ("dnhl", "configs/dnhl_scenes_cls.py", "", "tiny"),
+    ("bdlf", "configs/bdlf_scenes.py", "", "smoke"),
+    ("depth_dehaze", "configs/sdg_scenes.py", "", "smoke"),
+)
+SUITE_DTYPES = ("float32", "bfloat16")
+
+
+def suite(size: str = "full", entries: Optional[Sequence[str]] = None,
+          dtypes: Sequence[str] = SUITE_DTYPES, steps: int = 10,
+          infer_steps: int = 10) -> list[dict[str, Any]]:
+    """:func:`run` for every entry of :data:`SUITE` in each of ``dtypes``: the default
+    config (``size="full"``) or the smallest variant (``"small"``). An entry that fails
+    (out of device memory, say) is recorded with its error and the suite goes on."""
+    known = [name for name, *_ in SUITE]
+    unknown = sorted(set(entries or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown suite entries {unknown}; the suite has {known}")
+    results = []
+    for name, path, full, small in SUITE:
+        if entries and name not in entries:
+            continue
+        for dtype in dtypes:
+            cfg = cli.load_config_file(f"{path}:{full if size == 'full' else small}")
+            with cfg.unlocked():
+                cfg.model.dtype = dtype
+            try:
+                result = run(cfg, steps, infer_steps)
+            except Exception as e:  # noqa: BLE001 - one entry's failure is its row
+                result = {"config": {"method": cfg.method, "model": dict(cfg.model),
+                                     "image_size": cfg.image_size, "batch_size": cfg.batch_size},
+                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            result["suite_entry"] = name
+            results.append(result)
+            jax.clear_caches()
+            gc.collect()
+    return results
+
+
+def suite_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`suite`'s results, for README."""
+    rows = ["| entry | dtype | train px x batch | train images/s | train MFU | train memory GiB "
+            "| compile s | inference images/s | inference memory GiB |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["config"]
+        head = f"| {r['suite_entry']} | {c['model'].get('dtype')} | {c['image_size']} x {c['batch_size']} "
+        if "error" in r:
+            rows.append(head + f"| {r['error']} | | | | | |")
+            continue
+        mfu = f"{r['train_mfu']:.1%}" if "train_mfu" in r else "n/a"
+        rows.append(head + f"| {r['train_images_per_s']:.2f} | {mfu} | {r['train_memory_gib']:.2f} "
+                    f"| {r['train_compile_s']:.1f} | {r['infer_images_per_s']:.2f} "
+                    f"| {r['infer_memory_gib']:.2f} |")
+    devices = next((r["devices"] for r in results if "devices" in r), "?")
+    return "\n".join(rows + ["", f"devices: {devices}"])
+
+
+def _main_suite() -> int:
+    results = suite(_SUITE_SIZE.value, _SUITE_METHODS.value, steps=_STEPS.value,
+                    infer_steps=_INFER_STEPS.value)
+    if jax.process_index() != 0:
+        return 0
+    print(suite_table(results))
+    if _JSON.value:
+        storage.write_text(_JSON.value, json.dumps(results, indent=2, default=str))
+    sys.stdout.flush()
+    return 0 if all("error" not in r for r in results) else 1
+
+
 def main() -> int:
     if _JSON.value is not None:
         cli.check_path(_JSON.value, "--json", kind="file")
+    if _SUITE.value:
+        if _CONFIG.value is not None:
+            raise ValueError("--suite benchmarks every method's config: leave out --config")
+        parallel.maybe_initialize_distributed()
+        return _main_suite()
+    if _CONFIG.value is None:
+        raise ValueError("give --config (or --suite)")
     cfg = _CONFIG.value  # validated by the trainer, before anything is built
     parallel.maybe_initialize_distributed()
     result = run(cfg, _STEPS.value, _INFER_STEPS.value, _INFER_BATCH.value, _INFER_SIZE.value)

@@ -15,6 +15,7 @@ appended locally.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import IO, Union
 
@@ -131,3 +132,28 @@ def register_tensorboard() -> None:
     from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
     for scheme in URL_SCHEMES:
         record_writer.register_writer_factory(scheme, _EventFiles())
+
+
+def copy(source: PathLike, destination: PathLike) -> None:
+    """Copies one file, local or remote, to a local or remote path (its folder made)."""
+    makedirs(os.path.dirname(os.fspath(destination)) or ".")
+    with open_file(source, "rb") as src, open_file(destination, "wb") as dst:
+        dst.write(src.read())
+
+
+def main(argv: list[str]) -> int:
+    """``python -m adverse_vision.storage copy SOURCE DESTINATION`` (the launch
+    scripts copy each worker's log into the bucket with it)."""
+    if len(argv) != 3 or argv[0] != "copy":
+        print("usage: python -m adverse_vision.storage copy SOURCE DESTINATION", file=sys.stderr)
+        return 2
+    try:
+        copy(argv[1], argv[2])
+    except OSError as e:
+        print(f"error: cannot copy {argv[1]} to {argv[2]}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

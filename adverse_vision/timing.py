@@ -53,7 +53,7 @@ class Collective:
     bytes: int  # of that result, on one device
 
 
-_COLLECTIVE = re.compile(r"= (?P<shape>[^=]*?) (?P<op>all-reduce|all-gather|reduce-scatter|"
+_COLLECTIVE = re.compile(r"= (?P<shape>\([^()]*\)|[^\s(]+) (?P<op>all-reduce|all-gather|reduce-scatter|"
                          r"all-to-all|collective-permute)(?:-start)?\(")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 _ITEM_BYTES = {"pred": 1, "s4": 1, "u4": 1}
@@ -75,8 +75,13 @@ def collectives(compiled) -> list[Collective]:
     batch-sharded train step, parameter-gradient and BatchNorm-statistic all-reduces
     are expected; anything whose size grows with the global batch means the
     partitioner replicated a batch-sized tensor."""
+    return collectives_in(compiled.as_text())
+
+
+def collectives_in(hlo_text: str) -> list[Collective]:
+    """:func:`collectives` of an HLO module's text."""
     return [Collective(m["op"], m["shape"].strip(), _shape_bytes(m["shape"]))
-            for m in _COLLECTIVE.finditer(compiled.as_text())]
+            for m in _COLLECTIVE.finditer(hlo_text)]
 
 
 def _flops(compiled) -> float:

@@ -119,3 +119,29 @@ def test_bench_depth_dehaze_reports_the_network_at_vga():
     assert r["dehaze_vga_flops"] > 0 and r["dehaze_vga_memory_gib"] > 0
     text = bench.format_result(r)
     assert "dehazing 480x640" in text and "model                 depth_dehaze (float32)" in text
+
+
+def test_suite_times_each_entry_in_both_dtypes_and_tabulates_them():
+    results = bench.suite("small", ["detection"], steps=1, infer_steps=1)
+    assert [(r["suite_entry"], r["config"]["model"]["dtype"]) for r in results] == [
+        ("detection", "float32"), ("detection", "bfloat16")]
+    assert all(r["train_images_per_s"] > 0 and r["train_compile_s"] > 0 for r in results)
+    table = bench.suite_table(results + [{
+        "suite_entry": "bdlf", "config": {"model": {"dtype": "float32"}, "image_size": 640,
+                                          "batch_size": 16},
+        "error": "JaxRuntimeError: RESOURCE_EXHAUSTED: out of memory"}])
+    lines = table.splitlines()
+    assert lines[0].startswith("| entry | dtype | train px x batch | train images/s")
+    assert lines[2].startswith("| detection | float32 | 96 x 8 | ")
+    assert lines[3].startswith("| detection | bfloat16 | 96 x 8 | ")
+    assert "RESOURCE_EXHAUSTED" in lines[4] and lines[-1] == f"devices: {results[0]['devices']}"
+
+
+def test_suite_refuses_unknown_entries_and_a_config():
+    import pytest  # pylint: disable=import-outside-toplevel
+    with pytest.raises(ValueError, match="unknown suite entries"):
+        bench.suite("small", ["yolo"])
+    proc = subprocess.run([sys.executable, "-m", "adverse_vision.bench", "--suite", "--config",
+                           "configs/yolox_scenes.py:smoke"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "leave out --config" in proc.stderr

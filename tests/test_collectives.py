@@ -45,5 +45,13 @@ def test_no_collective_grows_with_the_batch(name):
 
 
 def test_collective_sizes_are_read_from_the_hlo():
-    assert timing._shape_bytes("f32[3,3,16,32]") == 4 * 3 * 3 * 16 * 32  # pylint: disable=protected-access
-    assert timing._shape_bytes("(f32[16]{0}, bf16[], pred[4])") == 64 + 2 + 4  # pylint: disable=protected-access
+    text = """
+  %all-reduce.3 = f32[3,3,16,32]{3,2,1,0} all-reduce(f32[3,3,16,32]{3,2,1,0} %p), channel_id=2
+  %all-reduce.7 = (f32[16]{0}, bf16[], pred[4]{0}, f32[2]{0}, f32[2]{0}, /*index=5*/f32[8,2]{1,0}) all-reduce(%a, %b, %c, %d, %e, /*index=5*/%f), channel_id=3
+  %ag = f32[64,80]{1,0} all-gather-start(f32[8,80]{1,0} %x), dimensions={0}
+  %add.1 = f32[16]{0} add(%all-reduce.7, %y)
+"""
+    found = timing.collectives_in(text)
+    assert [(c.op, c.bytes) for c in found] == [
+        ("all-reduce", 4 * 3 * 3 * 16 * 32), ("all-reduce", 64 + 2 + 4 + 8 + 8 + 64),
+        ("all-gather", 4 * 64 * 80)]

@@ -114,27 +114,97 @@ def test_gpu_script_makes_a_cuda_venv_when_there_is_none(tmp_path, fake_env):
     proc = subprocess.run(["bash", _gpu_checkout(tmp_path, with_venv=False)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    venv, pip, train = _log(log).splitlines()
-    assert venv == "venv" and "jax[cuda12]" in pip and train.startswith("train -m adverse")
+    venv, pip, package, train = _log(log).splitlines()
+    assert venv == "venv" and "-r requirements.lock" in pip and "jax[cuda12]" in pip
+    assert package == "pip install -q --no-deps -e ." and train.startswith("train -m adverse")
+
+
+def _tpu_env(env, **extra):
+    env.update({"TPU_NAME": "t", "ZONE": "z", "REPO": "https://example.com/adverse_vision.git",
+                "WORKDIR": "gs://b/runs/x", "COMMIT": "0123abcd", **extra})
+    return env
 
 
 @pytest.mark.parametrize("backend, allow_cpu, trains", [
     ("tpu", "", True), ("cpu", "", False), ("cpu", "1", True)])
 def test_tpu_script_checks_the_backend_on_the_worker(fake_env, backend, allow_cpu, trains):
     env, log = fake_env
-    env.update(FAKE_BACKEND=backend, ALLOW_CPU=allow_cpu, TPU_NAME="t", ZONE="z",
-               REPO="https://example.com/adverse_vision.git", WORKDIR="gs://b/runs/x")
+    _tpu_env(env, FAKE_BACKEND=backend, ALLOW_CPU=allow_cpu)
     proc = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), "--config.seed=3"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert (proc.returncode == 0) == trains, proc.stderr
     lines = _log(log).splitlines()
-    assert lines[0] == "venv" and "jax[tpu]" in lines[1]
+    assert lines[0] == "venv" and "-r requirements.lock" in lines[1] and "jax[tpu]" in lines[1]
+    assert lines[2] == "pip install -q --no-deps -e ."
     if trains:
-        assert lines[2:] == ["train -m adverse_vision.train --config configs/x.py:tiny "
-                             "--workdir gs://b/runs/x --progress off --config.seed=3"]
+        host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+        assert lines[3:] == [
+            "train -m adverse_vision.train --config configs/x.py:tiny --workdir gs://b/runs/x "
+            "--progress off --config.seed=3",
+            f"train -m adverse_vision.storage copy train.log gs://b/runs/x/logs/{host}.log"]
     else:
-        assert lines[2:] == []
+        assert lines[3:] == []
         assert "runs on 'cpu', not 'tpu'" in proc.stderr and "jax[tpu]" in proc.stderr
+
+
+def test_tpu_script_installs_once_per_commit(fake_env):
+    env, log = fake_env
+    _tpu_env(env, FAKE_BACKEND="tpu")
+    script = os.path.join(LAUNCH, "tpu_vm.sh")
+    for _ in range(2):
+        subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60,
+                       check=True)
+    installs = [line for line in _log(log).splitlines() if line.startswith("pip")]
+    assert len(installs) == 2  # the lock and the package, the first time only
+    trains = [line for line in _log(log).splitlines() if "adverse_vision.train" in line]
+    assert len(trains) == 2
+
+
+def test_tpu_script_dry_run_prints_every_command_without_gcloud(fake_env):
+    env, log = fake_env
+    _tpu_env(env)
+    bin_dir = env["PATH"].split(":")[0]
+    os.remove(os.path.join(bin_dir, "gcloud"))
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh"), "--dry-run",
+                           "--config.seed=3"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "gcloud compute tpus tpu-vm create t --zone z --accelerator-type v4-8" in out
+    assert "gcloud compute tpus tpu-vm ssh t --zone z --worker=all --command" in out
+    for piece in ("git checkout --quiet 0123abcd", "requirements.lock", "installed-0123abcd",
+                  "JAX_COMPILATION_CACHE_DIR=gs://b/runs/x/jax_cache",
+                  "--workdir gs://b/runs/x --progress off --config.seed=3",
+                  "adverse_vision.storage copy train.log gs://b/runs/x/logs/"):
+        assert piece in out, piece
+    assert _log(log) == ""
+
+
+def test_tpu_script_needs_a_commit_hash(fake_env):
+    env, log = fake_env
+    _tpu_env(env, COMMIT="main; rm -rf /")
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "tpu_vm.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "COMMIT must be a commit hash" in proc.stderr
+    assert _log(log) == ""
+
+
+def test_gpu_script_dry_run(tmp_path, fake_env):
+    env, log = fake_env
+    env.update(JAX_COORDINATOR_ADDRESS="10.0.0.2:1234", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID="1", XLA_FLAGS="--xla_dump_to=/tmp/d")
+    proc = subprocess.run(["bash", _gpu_checkout(tmp_path, with_venv=False), "--dry-run",
+                           "--config.seed=3"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "python3 -m venv .venv "
+    assert "requirements.lock" in lines[2] and "jax\\[cuda12\\]" in lines[2]
+    assert "--xla_dump_to=/tmp/d\\ --xla_gpu_enable_latency_hiding_scheduler=true" in lines[-2]
+    assert lines[-1] == ("python -m adverse_vision.train --config configs/x.py:tiny "
+                         "--workdir runs/x --config.seed=3 ")
+    assert "process 1 of 2 (coordinator 10.0.0.2:1234)" in proc.stderr
+    assert _log(log) == ""
 
 
 def test_tpu_script_refuses_a_placeholder_repository(fake_env):
@@ -198,3 +268,22 @@ def test_notebook_refuses_the_placeholder_and_stops_at_a_failed_command(capsys):
     assert "from the command" in capsys.readouterr().out
     with pytest.raises(RuntimeError, match="failed with exit status 3"):
         namespace["run"](sys.executable, "-c", "raise SystemExit(3)", cwd=None)
+
+
+def test_the_lock_file_pins_every_requirement():
+    """requirements.lock (what the launch scripts install) pins an exact version of
+    every package requirements.txt names."""
+    def names(path, pinned):
+        out = {}
+        with open(os.path.join(REPO, path)) as f:
+            for line in f:
+                line = line.split("#")[0].strip()
+                if line:
+                    name = re.split(r"[<>=\[ ]", line)[0].lower().replace("_", "-")
+                    out[name] = line
+        return out
+    wanted = names("requirements.txt", False)
+    locked = names("requirements.lock", True)
+    missing = sorted(set(wanted) - set(locked))
+    assert not missing, f"not in requirements.lock: {missing}"
+    assert all("==" in locked[n] for n in locked), [l for l in locked.values() if "==" not in l]

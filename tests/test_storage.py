@@ -109,3 +109,12 @@ def test_predict_reads_and_writes_a_bucket(bucket):
     predict._save_image(pixels, "gs://b/out/a_restored.png")  # pylint: disable=protected-access
     with storage.open_file("gs://b/out/a_restored.png") as f:
         np.testing.assert_array_equal(np.asarray(Image.open(f)), pixels)
+
+
+def test_copy_program_puts_a_local_file_in_the_bucket(bucket, tmp_path, capsys):
+    log = tmp_path / "train.log"
+    log.write_text("step 1\n")
+    assert storage.main(["copy", str(log), "gs://b/run/logs/worker-0.log"]) == 0
+    assert storage.read_text("gs://b/run/logs/worker-0.log") == "step 1\n"
+    assert storage.main(["copy", str(tmp_path / "missing.log"), "gs://b/x"]) == 1
+    assert "cannot copy" in capsys.readouterr().err
