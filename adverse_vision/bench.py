@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import json
+import os
 import resource
 import sys
 from typing import Any, Optional, Sequence
@@ -36,12 +38,18 @@ _INFER_STEPS = flags.DEFINE_integer("infer_steps", 10, "Timed inference batches.
 _INFER_BATCH = flags.DEFINE_integer("infer_batch", 0, "Inference batch (0: the config's).")
 _INFER_SIZE = flags.DEFINE_integer("infer_size", 0, "Inference image size (0: the config's).")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+#: The file listing the suite's entries (``ENTRIES``: name, config file of its folder,
+#: variant of the full-size run, variant for a CPU).
+SUITE_FILE = "configs/suite.py"
+
 _SUITE = flags.DEFINE_boolean("suite", False, "Benchmark every method's default config in "
                               "float32 and bfloat16 (instead of --config) and print a table.")
 _SUITE_SIZE = flags.DEFINE_enum("suite_size", "full", ["full", "small"],
                                 "full: the default (full-size) configs; small: the smallest "
                                 "variants, for a CPU.")
 _SUITE_METHODS = flags.DEFINE_list("suite_methods", None, "Only these entries of the suite.")
+_SUITE_FILE = flags.DEFINE_string("suite_file", SUITE_FILE,
+                                  "The suite's entries (see configs/suite.py).")
 
 
 def setup(cfg):
@@ -138,29 +146,35 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-#: The suite: (entry, config file, variant of the full-size run, variant for a CPU).
-SUITE = (
-    ("detection", "configs/yolox_scenes.py", "", "smoke"),
-    ("togethernet", "configs/togethernet_scenes.py", "", "smoke"),
-    ("dnhl", "configs/dnhl_scenes_cls.py", "", "tiny"),
-    ("bdlf", "configs/bdlf_scenes.py", "", "smoke"),
-    ("depth_dehaze", "configs/sdg_scenes.py", "", "smoke"),
-)
 SUITE_DTYPES = ("float32", "bfloat16")
 
 
+def suite_entries(path: str = SUITE_FILE) -> tuple[tuple[str, str, str, str], ...]:
+    """The ``ENTRIES`` of a suite file, their config files joined to its folder."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"suite file {path} not found (run from the repository root "
+                                "or give --suite_file)")
+    spec = importlib.util.spec_from_file_location("_adverse_vision_suite", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = os.path.dirname(path)
+    return tuple((name, os.path.join(folder, config), full, small)
+                 for name, config, full, small in module.ENTRIES)
+
+
 def suite(size: str = "full", entries: Optional[Sequence[str]] = None,
-          dtypes: Sequence[str] = SUITE_DTYPES, steps: int = 10,
-          infer_steps: int = 10) -> list[dict[str, Any]]:
-    """:func:`run` for every entry of :data:`SUITE` in each of ``dtypes``: the default
+          dtypes: Sequence[str] = SUITE_DTYPES, steps: int = 10, infer_steps: int = 10,
+          suite_file: str = SUITE_FILE) -> list[dict[str, Any]]:
+    """:func:`run` for every entry of the suite file in each of ``dtypes``: the default
     config (``size="full"``) or the smallest variant (``"small"``). An entry that fails
     (out of device memory, say) is recorded with its error and the suite goes on."""
-    known = [name for name, *_ in SUITE]
+    listed = suite_entries(suite_file)
+    known = [name for name, *_ in listed]
     unknown = sorted(set(entries or ()) - set(known))
     if unknown:
         raise ValueError(f"unknown suite entries {unknown}; the suite has {known}")
     results = []
-    for name, path, full, small in SUITE:
+    for name, path, full, small in listed:
         if entries and name not in entries:
             continue
         for dtype in dtypes:
@@ -201,7 +215,7 @@ def suite_table(results: Sequence[dict[str, Any]]) -> str:
 
 def _main_suite() -> int:
     results = suite(_SUITE_SIZE.value, _SUITE_METHODS.value, steps=_STEPS.value,
-                    infer_steps=_INFER_STEPS.value)
+                    infer_steps=_INFER_STEPS.value, suite_file=_SUITE_FILE.value)
     if jax.process_index() != 0:
         return 0
     print(suite_table(results))

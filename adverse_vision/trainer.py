@@ -393,9 +393,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         train_iter.close()
         raise
     start = int(jax.device_get(state.step))
-    # From here the feeder owns the data iterator (and closes it).
-    feeder = feed.DevicePrefetcher(train_iter, trainer.mesh, trainer.batch_keys,
-                                   first_step=start, ahead=DEVICE_PREFETCH)
 
     writer = MetricWriter(workdir)
     bar = Progress(total=cfg.total_steps, initial=start, enabled=progress,
@@ -406,12 +403,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
     last_evals: dict[str, dict[str, float]] = {}
     t_start = time.time()
     step = start
+    train_step = trainer.train_step  # made here, before the feeder's thread asks for it
+    # From here the feeder owns the data iterator (and closes it).
+    feeder = feed.DevicePrefetcher(train_iter, trainer.mesh, trainer.batch_keys,
+                                   first_step=start, ahead=DEVICE_PREFETCH)
     try:
         with _Preemption() as preempt:
             while step < cfg.total_steps:
                 batch, invalid = next(feeder)
                 invalid_samples += invalid
-                state, metrics = trainer.train_step(state, batch, step=step)
+                state, metrics = train_step(state, batch, step=step)
                 step += 1
                 window.add(step, metrics)
                 bar.update(step)

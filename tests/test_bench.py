@@ -1,5 +1,6 @@
 """The benchmark program measures a real train step and inference."""
 
+import os
 import subprocess
 import sys
 
@@ -141,6 +142,12 @@ def test_suite_refuses_unknown_entries_and_a_config():
     import pytest  # pylint: disable=import-outside-toplevel
     with pytest.raises(ValueError, match="unknown suite entries"):
         bench.suite("small", ["yolo"])
+    with pytest.raises(FileNotFoundError, match="suite file nowhere.py not found"):
+        bench.suite("small", suite_file="nowhere.py")
+    # Every entry names a config file that is there, with both variants.
+    for _, path, full, small in bench.suite_entries():
+        assert os.path.isfile(path), path
+        assert isinstance(full, str) and small
     proc = subprocess.run([sys.executable, "-m", "adverse_vision.bench", "--suite", "--config",
                            "configs/yolox_scenes.py:smoke"], capture_output=True, text=True,
                           timeout=120)
