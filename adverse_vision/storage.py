@@ -86,9 +86,10 @@ class GrowingFile:
         self._remote = is_url(self.path)
         self._lock = threading.Lock()
         if self._remote:
-            mode = "rb" if binary else "r"
-            self._content = (epath.Path(self.path).open(mode).read() if exists(self.path)
-                             else (b"" if binary else ""))
+            self._content = b"" if binary else ""
+            if exists(self.path):  # a resumed run adds to what is there
+                with epath.Path(self.path).open("rb" if binary else "r") as f:
+                    self._content = f.read()
             self._file = None
         else:
             self._file = open(self.path, "ab" if binary else "a")

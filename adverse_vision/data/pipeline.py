@@ -427,8 +427,9 @@ def batched(source: Any, *, caller: str, train: bool, train_map: grain.transform
             num_workers: int, read_threads: int, prefetch_batches: int) -> grain.IterDataset:
     """This host's share of ``source``, processed and batched.
 
-    Training: an equal share per host, shuffled every epoch, repeated, ``train_map``
-    with per-element random numbers, batched. Evaluation: one pass with the last batch
+    Training: one global stream, shuffled every epoch, repeated, ``train_map`` with
+    per-element random numbers, batched; this host's rows of each global batch.
+    Evaluation: one pass with the last batch
     padded by invalid samples (``eval_map`` sees records carrying the pad flag).
     Then read threads, prefetching and, with ``num_workers``, worker processes; last
     the :class:`~adverse_vision.data.handoff.ConsumerStep` in this process. Records
