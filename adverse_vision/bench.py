@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib.util
+import itertools
 import json
 import os
 import resource
@@ -149,8 +150,9 @@ def format_result(r: dict[str, Any]) -> str:
 SUITE_DTYPES = ("float32", "bfloat16")
 
 
-def suite_entries(path: str = SUITE_FILE) -> tuple[tuple[str, str, str, str], ...]:
-    """The ``ENTRIES`` of a suite file, their config files joined to its folder."""
+def suite_entries(path: str = SUITE_FILE) -> tuple[tuple[str, str, str, str, bool], ...]:
+    """The ``ENTRIES`` of a suite file ``(name, config file, full variant, small variant,
+    remat rows too)``, their config files joined to its folder."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"suite file {path} not found (run from the repository root "
                                 "or give --suite_file)")
@@ -158,29 +160,31 @@ def suite_entries(path: str = SUITE_FILE) -> tuple[tuple[str, str, str, str], ..
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     folder = os.path.dirname(path)
-    return tuple((name, os.path.join(folder, config), full, small)
-                 for name, config, full, small in module.ENTRIES)
+    return tuple((name, os.path.join(folder, config), full, small, bool(remat))
+                 for name, config, full, small, remat in module.ENTRIES)
 
 
 def suite(size: str = "full", entries: Optional[Sequence[str]] = None,
           dtypes: Sequence[str] = SUITE_DTYPES, steps: int = 10, infer_steps: int = 10,
           suite_file: str = SUITE_FILE) -> list[dict[str, Any]]:
-    """:func:`run` for every entry of the suite file in each of ``dtypes``: the default
-    config (``size="full"``) or the smallest variant (``"small"``). An entry that fails
-    (out of device memory, say) is recorded with its error and the suite goes on."""
+    """:func:`run` for every entry of the suite file in each of ``dtypes`` (and with
+    ``model.remat`` too where the entry asks): the default config (``size="full"``) or
+    the smallest variant (``"small"``). An entry that fails (out of device memory, say)
+    is recorded with its error and the suite goes on."""
     listed = suite_entries(suite_file)
     known = [name for name, *_ in listed]
     unknown = sorted(set(entries or ()) - set(known))
     if unknown:
         raise ValueError(f"unknown suite entries {unknown}; the suite has {known}")
     results = []
-    for name, path, full, small in listed:
+    for name, path, full, small, with_remat in listed:
         if entries and name not in entries:
             continue
-        for dtype in dtypes:
+        for dtype, remat in itertools.product(dtypes, (False, True) if with_remat else (False,)):
             cfg = cli.load_config_file(f"{path}:{full if size == 'full' else small}")
             with cfg.unlocked():
                 cfg.model.dtype = dtype
+                cfg.model.remat = remat
             try:
                 result = run(cfg, steps, infer_steps)
             except Exception as e:  # noqa: BLE001 - one entry's failure is its row
@@ -196,12 +200,14 @@ def suite(size: str = "full", entries: Optional[Sequence[str]] = None,
 
 def suite_table(results: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of :func:`suite`'s results, for README."""
-    rows = ["| entry | dtype | train px x batch | train images/s | train MFU | train memory GiB "
-            "| compile s | inference images/s | inference memory GiB |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| entry | dtype | remat | train px x batch | train images/s | train MFU "
+            "| train memory GiB | compile s | inference images/s | inference memory GiB |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         c = r["config"]
-        head = f"| {r['suite_entry']} | {c['model'].get('dtype')} | {c['image_size']} x {c['batch_size']} "
+        head = (f"| {r['suite_entry']} | {c['model'].get('dtype')} "
+                f"| {'yes' if c['model'].get('remat') else 'no'} "
+                f"| {c['image_size']} x {c['batch_size']} ")
         if "error" in r:
             rows.append(head + f"| {r['error']} | | | | | |")
             continue

@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype; parameters and losses stay float32
+    c.model.remat = False  # recompute backbone stages / dense blocks in the backward pass
+    c.model.bn_sync = True  # BatchNorm statistics over the global batch; False: per device
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "scenes"

@@ -122,19 +122,26 @@ def test_bench_depth_dehaze_reports_the_network_at_vga():
     assert "dehazing 480x640" in text and "model                 depth_dehaze (float32)" in text
 
 
-def test_suite_times_each_entry_in_both_dtypes_and_tabulates_them():
-    results = bench.suite("small", ["detection"], steps=1, infer_steps=1)
-    assert [(r["suite_entry"], r["config"]["model"]["dtype"]) for r in results] == [
-        ("detection", "float32"), ("detection", "bfloat16")]
+def test_suite_times_each_entry_with_and_without_remat_and_tabulates_them(tmp_path):
+    # A suite file of its own: the detection entry with its remat rows too.
+    suite_file = tmp_path / "suite.py"
+    suite_file.write_text(f"ENTRIES = (('detection', {os.path.abspath('configs/yolox_scenes.py')!r},"
+                          " '', 'smoke', True),)\n")
+    assert [e[0] for e in bench.suite_entries()] == [
+        "detection", "togethernet", "dnhl", "bdlf", "depth_dehaze"]
+    results = bench.suite("small", ["detection"], dtypes=("bfloat16",), steps=1, infer_steps=1,
+                          suite_file=str(suite_file))
+    assert [(r["config"]["model"]["dtype"], r["config"]["model"]["remat"]) for r in results] == [
+        ("bfloat16", False), ("bfloat16", True)]
     assert all(r["train_images_per_s"] > 0 and r["train_compile_s"] > 0 for r in results)
     table = bench.suite_table(results + [{
         "suite_entry": "bdlf", "config": {"model": {"dtype": "float32"}, "image_size": 640,
                                           "batch_size": 16},
         "error": "JaxRuntimeError: RESOURCE_EXHAUSTED: out of memory"}])
     lines = table.splitlines()
-    assert lines[0].startswith("| entry | dtype | train px x batch | train images/s")
-    assert lines[2].startswith("| detection | float32 | 96 x 8 | ")
-    assert lines[3].startswith("| detection | bfloat16 | 96 x 8 | ")
+    assert lines[0].startswith("| entry | dtype | remat | train px x batch | train images/s")
+    assert lines[2].startswith("| detection | bfloat16 | no | 96 x 8 | ")
+    assert lines[3].startswith("| detection | bfloat16 | yes | 96 x 8 | ")
     assert "RESOURCE_EXHAUSTED" in lines[4] and lines[-1] == f"devices: {results[0]['devices']}"
 
 
@@ -145,7 +152,7 @@ def test_suite_refuses_unknown_entries_and_a_config():
     with pytest.raises(FileNotFoundError, match="suite file nowhere.py not found"):
         bench.suite("small", suite_file="nowhere.py")
     # Every entry names a config file that is there, with both variants.
-    for _, path, full, small in bench.suite_entries():
+    for _, path, full, small, _ in bench.suite_entries():
         assert os.path.isfile(path), path
         assert isinstance(full, str) and small
     proc = subprocess.run([sys.executable, "-m", "adverse_vision.bench", "--suite", "--config",

@@ -1,8 +1,9 @@
 """The compiled train steps shard cleanly on 8 devices: no cross-device collective grows
 with the global batch (only parameter gradients, BatchNorm statistics and scalars
-cross devices)."""
+cross devices), and with per-device BatchNorm statistics the per-layer reductions go."""
 
 import contextlib
+import functools
 
 import pytest
 
@@ -30,10 +31,15 @@ CONFIGS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _collectives_of(name: str, batch: int, bn_sync: bool = True) -> list[timing.Collective]:
+    return _step_collectives(_override(CONFIGS[name](batch), {"model.bn_sync": bn_sync}))
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_no_collective_grows_with_the_batch(name):
     # BDLF's upper step (its hypergradient) is the program with the most to share.
-    sizes = {b: _step_collectives(CONFIGS[name](b)) for b in (8, 16)}
+    sizes = {b: _collectives_of(name, b) for b in (8, 16)}
     assert sizes[8], "a batch-sharded train step reduces its gradients across devices"
     for b, found in sizes.items():
         gathers = [c for c in found if c.op == "all-gather"]
@@ -42,6 +48,15 @@ def test_no_collective_grows_with_the_batch(name):
     assert total[16] == total[8], (
         f"collective bytes grow with the batch: {total}; the largest at 16: "
         f"{sorted(sizes[16], key=lambda c: -c.bytes)[:3]}")
+
+
+def test_per_device_batch_norm_drops_the_per_layer_reductions():
+    # Synchronised: two reductions per BatchNorm layer (forward statistics, backward
+    # sums); per device: the gradients' and running statistics' reductions, which XLA
+    # combines into a few.
+    synced, local = _collectives_of("detection", 8), _collectives_of("detection", 8, False)
+    assert len(local) * 10 < len(synced), (len(local), len(synced))
+    assert sum(c.bytes for c in local) <= sum(c.bytes for c in synced)
 
 
 def test_collective_sizes_are_read_from_the_hlo():

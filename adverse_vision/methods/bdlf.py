@@ -231,7 +231,8 @@ class BDLFMethod(methods.Method):
         self.branches = branches
         self.upper_every = int(b.upper_every) if self.mode == "bilevel" else 1
         dtype = _dtype(cfg)
-        self.fusion = FusionNet(width=float(b.fusion_width), dtype=dtype)
+        self.fusion = FusionNet(width=float(b.fusion_width), dtype=dtype,
+                                remat=bool(cfg.model.remat))
         self.critic = PixelCritic(width=float(b.critic_width), dtype=dtype)
         self.det = DetectionMethod(cfg) if "detection" in branches else None
         self.seg_classes = tuple(b.seg_classes)

@@ -123,7 +123,8 @@ class DetectionMethod(methods.Method):
     def make_model(self):
         """The network (called once by ``__init__``; subclasses build theirs)."""
         return YOLOX(num_classes=self.num_classes, size=model_size(self.cfg),
-                     act=self.cfg.model.act, dtype=jnp.dtype(self.cfg.model.dtype))
+                     act=self.cfg.model.act, dtype=jnp.dtype(self.cfg.model.dtype),
+                     remat=bool(self.cfg.model.remat))
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         x = jnp.zeros((1, self.cfg.image_size, self.cfg.image_size, 3), jnp.float32)

@@ -120,7 +120,8 @@ class TogetherNetMethod(DetectionMethod):
     def make_model(self) -> TogetherNet:
         return TogetherNet(num_classes=self.num_classes, size=model_size(self.cfg),
                            act=self.cfg.model.act, dtype=jnp.dtype(self.cfg.model.dtype),
-                           dropout_rate=float(self.cfg.model.dropout))
+                           dropout_rate=float(self.cfg.model.dropout),
+                           remat=bool(self.cfg.model.remat))
 
     # ------------------------------------------------------------------ targets
     def restore_target(self, clean: jax.Array) -> jax.Array:

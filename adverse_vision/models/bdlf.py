@@ -41,7 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from adverse_vision.models.layers import torch_bias_init, torch_kernel_init
+from adverse_vision.models.batch_norm import BatchNorm
+from adverse_vision.models.layers import remat, torch_bias_init, torch_kernel_init
 
 Dtype = Any
 
@@ -99,11 +100,14 @@ class DRDB(nn.Module):
 
 
 class FusionNet(nn.Module):
-    """BDLF's fusion network (``Fusion_Network_IJ``): (IR, Y) -> fused Y."""
+    """BDLF's fusion network (``Fusion_Network_IJ``): (IR, Y) -> fused Y.
+
+    ``remat`` recomputes the two dense blocks' activations in the backward pass."""
 
     width: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, ir: jax.Array, vis_y: jax.Array) -> jax.Array:
@@ -115,8 +119,9 @@ class FusionNet(nn.Module):
         prelu = nn.PReLU(param_dtype=self.param_dtype, negative_slope_init=0.25, name="relu")
         x = jnp.concatenate([ir, vis_y], axis=-1).astype(self.dtype)
         x = prelu(_conv(features, 3, 2, "conv1", self.dtype, self.param_dtype)(x))
-        x = DRDB(growth, self.dtype, self.param_dtype, name="DRDB1")(x)
-        x = DRDB(growth, self.dtype, self.param_dtype, name="DRDB2")(x)
+        block = remat(DRDB, self.remat, static_argnums=())
+        x = block(growth, self.dtype, self.param_dtype, name="DRDB1")(x)
+        x = block(growth, self.dtype, self.param_dtype, name="DRDB2")(x)
         x = prelu(_conv(tail, 3, features, "conv2", self.dtype, self.param_dtype)(x))
         x = prelu(_conv(1, 3, tail, "conv21", self.dtype, self.param_dtype)(x))
         return x.astype(jnp.float32)
@@ -137,7 +142,7 @@ class PixelCritic(nn.Module):
         y = _conv(features, 1, 1, "net_0", self.dtype, self.param_dtype)(x.astype(self.dtype))
         y = nn.leaky_relu(y, 0.2)
         y = _conv(2 * features, 1, features, "net_2", self.dtype, self.param_dtype, bias=False)(y)
-        y = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        y = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=jnp.float32, param_dtype=self.param_dtype, name="net_3")(
                              y.astype(jnp.float32))
         y = nn.leaky_relu(y.astype(self.dtype), 0.2)

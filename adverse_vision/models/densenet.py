@@ -41,6 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adverse_vision.models.batch_norm import BatchNorm
+from adverse_vision.models.layers import remat
+
 Dtype = Any
 
 __all__ = ["LAYOUTS", "DenseNetEncoder", "DenseNetLayout", "EncoderMaps", "resolve_layout"]
@@ -124,8 +127,8 @@ class EncoderMaps(NamedTuple):
     final: jax.Array
 
 
-def _bn(train: bool, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+def _bn(train: bool, name: str, dtype: Dtype, param_dtype: Dtype) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                         use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -193,6 +196,7 @@ class DenseNetEncoder(nn.Module):
 
     Attributes:
       layout: a name of :data:`LAYOUTS` or a :class:`DenseNetLayout`.
+      remat: recompute each dense block's activations in the backward pass.
 
     ``__call__(x, train)`` takes (N, H, W, C) images and returns :class:`EncoderMaps`.
     H and W must be at least 32 (the /32 map must not be empty).
@@ -201,6 +205,7 @@ class DenseNetEncoder(nn.Module):
     layout: Union[str, DenseNetLayout] = "densenet169"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> EncoderMaps:
@@ -216,7 +221,8 @@ class DenseNetEncoder(nn.Module):
         channels = spec.channels()
         transitions = []
         for i, layers in enumerate(spec.blocks, start=1):
-            x = DenseBlock(layers, spec.growth, spec.bn_size, name=f"denseblock{i}", **kw)(x, train)
+            x = remat(DenseBlock, self.remat)(layers, spec.growth, spec.bn_size,
+                                              name=f"denseblock{i}", **kw)(x, train)
             if i < len(spec.blocks):
                 x = Transition(channels[i], name=f"transition{i}", **kw)(x, train)
                 transitions.append(x)

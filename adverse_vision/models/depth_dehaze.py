@@ -90,7 +90,8 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.densenet import DenseNetEncoder, DenseNetLayout, resolve_layout
-from adverse_vision.models.layers import TorchConvTranspose, torch_bias_init, torch_kernel_init
+from adverse_vision.models.layers import (TorchConvTranspose, remat, torch_bias_init,
+                                          torch_kernel_init)
 from adverse_vision.models.togethernet import resize_bilinear_align_corners
 
 Dtype = Any
@@ -182,11 +183,13 @@ class DepthNet(nn.Module):
 
     Attributes:
       encoder: DenseNet layout, a name of ``densenet.LAYOUTS`` or a ``DenseNetLayout``.
+      remat: recompute the encoder's dense blocks in the backward pass.
     """
 
     encoder: Union[str, DenseNetLayout] = "densenet169"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, invert: bool = True) -> jax.Array:
@@ -194,7 +197,7 @@ class DepthNet(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c = resolve_layout(self.encoder).num_features
         _, h, w, _ = x.shape
-        maps = DenseNetEncoder(self.encoder, name="encoder", **kw)(
+        maps = DenseNetEncoder(self.encoder, remat=self.remat, name="encoder", **kw)(
             pad_to_multiple(x, DEPTH_MULTIPLE), train)
         y = _torch_conv(c, 1, c, "midconv", **kw)(maps.final)
         skips = (maps.transition2, maps.transition1, maps.pooled, maps.stem)
@@ -421,6 +424,7 @@ class TfuseNet(nn.Module):
     drop_path_rate: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute the attention blocks in the backward pass
 
     @nn.compact
     def __call__(self, y: jax.Array, hazy: jax.Array, train: bool = False) -> jax.Array:
@@ -439,15 +443,17 @@ class TfuseNet(nn.Module):
         if min(hazy.shape[1:3]) < TFUSE_MIN_SIZE:  # the /4 map must survive the reductions
             raise ValueError(f"TfuseNet: images of at least {TFUSE_MIN_SIZE}x{TFUSE_MIN_SIZE} "
                              f"pixels needed, got {h}x{w}")
+        cross = remat(CrossBlock, self.remat, static_argnums=(3,))
+        self_block = remat(SelfBlock, self.remat)
         q = PatchEmbed(c, 7, 2, name="patch_embed1", **kw)(y)
         t = PatchEmbed(c, 7, 2, name="patch_embed2", **kw)(hazy)
         for i in range(2):
-            t = CrossBlock(_HEADS[0], _REDUCTION[0], rates[i], name=f"block1_{i}", **kw)(
+            t = cross(_HEADS[0], _REDUCTION[0], rates[i], name=f"block1_{i}", **kw)(
                 q, t, train)
         t = _layer_norm("norm1", _LN_BLOCK_EPS, **kw)(t)
         t = PatchEmbed(c, 3, 2, name="patch_embed3", **kw)(t)
         for i in range(2):
-            t = SelfBlock(_HEADS[1], _REDUCTION[1], rates[2 + i], name=f"block2_{i}", **kw)(
+            t = self_block(_HEADS[1], _REDUCTION[1], rates[2 + i], name=f"block2_{i}", **kw)(
                 t, train)
         t = _layer_norm("norm2", _LN_BLOCK_EPS, **kw)(t)
         t = UpDeconv(c, name="deconv1", **kw)(t)
@@ -470,6 +476,8 @@ class DepthDehaze(nn.Module):
       guidance: "depth" (the method) or "hazy" (the mix gets the hazy image: no depth
         guidance, no depth net).
       tfuse_dim, drop_path_rate: of the dehazer (:class:`TfuseNet`).
+      remat: recompute the depth net's dense blocks and the dehazer's attention blocks
+        in the backward pass.
 
     ``__call__(hazy, train=False, depth=None)`` -> ``{"dehazed": (N, H, W, 3),
     "inv_depth": (N, H, W, 1) or None}``, float32; ``depth`` (N, H, W, 1) replaces the
@@ -483,6 +491,7 @@ class DepthDehaze(nn.Module):
     drop_path_rate: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     def setup(self):
         if self.guidance not in GUIDANCES:
@@ -490,9 +499,9 @@ class DepthDehaze(nn.Module):
                              f"{self.guidance!r}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.guidance == "depth":
-            self.depth = DepthNet(self.encoder, **kw)
+            self.depth = DepthNet(self.encoder, remat=self.remat, **kw)
         self.mix = Mix(**kw)
-        self.dehazer = TfuseNet(self.tfuse_dim, self.drop_path_rate, **kw)
+        self.dehazer = TfuseNet(self.tfuse_dim, self.drop_path_rate, remat=self.remat, **kw)
 
     def estimate_depth(self, hazy: jax.Array, train: bool = False) -> jax.Array:
         """The depth net's inverted depth (N, H, W, 1) in (0, 1]."""

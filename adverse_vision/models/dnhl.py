@@ -77,10 +77,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import (
     NarrowConv,
     TorchConvTranspose,
     param_count,
+    remat,
     torch_bias_init,
     torch_kernel_init,
 )
@@ -182,9 +184,9 @@ class ResidualBottleneck(nn.Module):
             y = nn.Conv(features, (k, k), padding=((p, p), (p, p)), use_bias=False,
                         kernel_init=torch_kernel_init, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f"branch2{tag}")(y)
-            y = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name=f"bn_branch2{tag}")(y)
+            y = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                          epsilon=BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=f"bn_branch2{tag}")(y)
             if tag != "c":
                 y = nn.relu(y)
         return nn.relu(x + y)
@@ -202,6 +204,7 @@ class Denoiser(nn.Module):
         (``int(c * width)``, at least 1).
       dtype: computation dtype; the last conv and the output are float32.
       param_dtype: parameter dtype.
+      remat: recompute the residual blocks' activations in the backward pass.
 
     ``__call__(x, train)`` maps (B, H, W, 3) float images in [0, 1] to the denoised
     float32 images (B, H - 2 * crop, W - 2 * crop, 3). ``train=True`` uses batch
@@ -212,6 +215,7 @@ class Denoiser(nn.Module):
     width: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @property
     def crop(self) -> int:
@@ -248,23 +252,24 @@ class Denoiser(nn.Module):
                            param_dtype=self.param_dtype, name=name, **kw)(x)
 
         def bn(name):
-            return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                epsilon=BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name=name)
+            return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name=name)
 
         def up(features, name):
             # A Caffe/PyTorch 4x4 stride-2 pad-1 deconvolution: exactly doubles H and W.
             return TorchConvTranspose(features, 4, stride=2, padding=1, dtype=self.dtype,
                                       param_dtype=self.param_dtype, name=name)
 
+        residual = remat(ResidualBottleneck, self.remat)
         x = x.astype(jnp.float32)
         inp = rgb_to_caffe(x) if official else x
         h = inp.astype(self.dtype)
         f0 = h = conv(h, ch(64), 5, "conv0", pad=0 if official else 2)
         h = nn.relu(bn("conv1_bn")(conv(h, ch(128), 3, "conv1", strides=2)))
-        e1 = h = ResidualBottleneck(ch(32), self.dtype, self.param_dtype, name="residual_1")(h, train)
+        e1 = h = residual(ch(32), self.dtype, self.param_dtype, name="residual_1")(h, train)
         h = nn.relu(bn("conv2_bn")(conv(h, ch(128), 3, "conv2", strides=2)))
-        h = ResidualBottleneck(ch(32), self.dtype, self.param_dtype, name="residual_2")(h, train)
+        h = residual(ch(32), self.dtype, self.param_dtype, name="residual_2")(h, train)
         h = up(ch(32), "upsample_r2")(h)
         h = jnp.concatenate([e1, h], axis=-1)
         h = nn.relu(bn("conv3_bn")(conv(h, ch(256), 3, "conv3")))

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.ops.conv_transpose import conv_transpose
 from adverse_vision.ops.narrow_conv import narrow_conv
 
@@ -78,6 +79,16 @@ def activation(x: jax.Array, name: str) -> jax.Array:
     raise AssertionError("unreachable")
 
 
+def remat(module: type[nn.Module], enabled: bool, static_argnums: tuple[int, ...] = (2,)):
+    """``module`` with activation rematerialisation when ``enabled`` (``model.remat``).
+
+    The wrapped module keeps its name and variables; in a gradient, its activations are
+    recomputed in the backward pass instead of kept from the forward one (less memory,
+    one more forward of the module). ``static_argnums`` counts ``self`` as 0: the default
+    marks ``__call__(self, x, train)``'s ``train`` static."""
+    return nn.remat(module, static_argnums=static_argnums) if enabled else module
+
+
 def torch_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Symmetric explicit padding ``kernel_size // 2`` on both spatial axes."""
     p = kernel_size // 2
@@ -122,7 +133,7 @@ class ConvBNAct(nn.Module):
             param_dtype=self.param_dtype,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
+        x = BatchNorm(
             use_running_average=not train,
             momentum=BN_MOMENTUM,
             epsilon=BN_EPSILON,

@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import (
     ConvBNAct,
     NarrowConv,
@@ -420,7 +421,7 @@ class UpBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = TorchConvTranspose(self.features, 3, stride=2, padding=1, output_padding=1,
                                dtype=self.dtype, param_dtype=self.param_dtype, name="deconv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=DECODER_BN_MOMENTUM,
+        x = BatchNorm(use_running_average=not train, momentum=DECODER_BN_MOMENTUM,
                          epsilon=DECODER_BN_EPSILON, use_fast_variance=False, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="bn")(x)
         return nn.silu(x)

@@ -62,6 +62,7 @@ from adverse_vision.models.layers import (
     check_activation,
     conv_block,
     param_count,
+    remat,
     torch_bias_init,
     torch_kernel_init,
     upsample_nearest,
@@ -168,6 +169,7 @@ class CSPDarknet(nn.Module):
     act: str = "silu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each stage's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -175,10 +177,11 @@ class CSPDarknet(nn.Module):
         base = int(self.width * 64)
         n = max(round(self.depth * 3), 1)
         x = Focus(base, 3, name="stem", **kw)(x, train)
-        x = DarkStage(base * 2, n, depthwise=self.depthwise, name="dark2", **kw)(x, train)
-        c3 = DarkStage(base * 4, n * 3, depthwise=self.depthwise, name="dark3", **kw)(x, train)
-        c4 = DarkStage(base * 8, n * 3, depthwise=self.depthwise, name="dark4", **kw)(c3, train)
-        c5 = DarkStage(
+        stage = remat(DarkStage, self.remat)
+        x = stage(base * 2, n, depthwise=self.depthwise, name="dark2", **kw)(x, train)
+        c3 = stage(base * 4, n * 3, depthwise=self.depthwise, name="dark3", **kw)(x, train)
+        c4 = stage(base * 8, n * 3, depthwise=self.depthwise, name="dark4", **kw)(c3, train)
+        c5 = stage(
             base * 16, n, shortcut=False, spp=True, depthwise=self.depthwise, name="dark5", **kw
         )(c4, train)
         return c3, c4, c5
@@ -300,6 +303,8 @@ class YOLOX(nn.Module):
       act: activation of every conv block.
       dtype: computation dtype; parameters are ``param_dtype``, outputs float32.
       prior_prob: initial foreground probability of the cls/obj biases.
+      remat: recompute the backbone stages' activations in the backward pass
+        (``model.remat``: less memory for one more backbone forward).
     """
 
     num_classes: int
@@ -309,6 +314,7 @@ class YOLOX(nn.Module):
     prior_prob: float = 0.01
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: bool = False
 
     strides = STRIDES  # class constant, not a module field
 
@@ -321,7 +327,8 @@ class YOLOX(nn.Module):
         return dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def make_backbone(self, spec: YOLOXSize) -> nn.Module:
-        return CSPDarknet(spec.depth, spec.width, spec.depthwise, **self._common())
+        return CSPDarknet(spec.depth, spec.width, spec.depthwise, remat=self.remat,
+                          **self._common())
 
     def make_neck(self, spec: YOLOXSize) -> nn.Module:
         return PAFPN(spec.depth, spec.width, spec.depthwise, **self._common())

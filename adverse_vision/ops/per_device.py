@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def _devices_on_batch() -> int:
+def devices_on_batch() -> int:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or DATA_AXIS not in mesh.axis_names:
         return 1
@@ -39,7 +39,7 @@ def batch_local(fn: Callable[..., Any]) -> Callable[..., Any]:
     Where the batch does not divide over the devices, ``fn`` runs as it is."""
 
     def wrapped(*batched: Any, **static: Any) -> Any:
-        devices = _devices_on_batch()
+        devices = devices_on_batch()
         rows = {x.shape[0] for x in jax.tree.leaves(batched)}
         if devices == 1 or len(rows) != 1 or next(iter(rows)) % devices:
             return fn(*batched, **static)

@@ -163,3 +163,25 @@ def test_it_evaluates_and_predicts_from_its_workdir(run, tmp_path):
     written = np.asarray(Image.open(tmp_path / "out" / "a_clear.png"))
     assert written.shape == (20, 30, 3)
     assert not os.path.exists(tmp_path / "out" / "a.json")  # it detects nothing
+
+
+def _networks(method):
+    """The trained networks of a built-in method that take ``remat``."""
+    found = [getattr(method, name, None) for name in ("model", "denoiser", "fusion")]
+    det = getattr(method, "det", None)
+    found.append(getattr(det, "model", None))
+    return [net for net in found if isinstance(net, nn.Module) and hasattr(net, "remat")]
+
+
+def test_every_method_passes_model_remat_to_its_networks():
+    from configs import sdg_scenes, togethernet_scenes  # pylint: disable=import-outside-toplevel
+    from tests.helpers import bdlf_smoke_config, dnhl_smoke_config, smoke_config
+    built = {"detection": smoke_config(), "togethernet": togethernet_scenes.get_config("smoke"),
+             "dnhl": dnhl_smoke_config("joint"), "bdlf": bdlf_smoke_config(),
+             "depth_dehaze": sdg_scenes.get_config("smoke")}
+    assert set(built) <= set(methods.names())
+    for name, cfg in built.items():
+        for remat in (False, True):
+            cfg.model.remat = remat
+            nets = _networks(methods.build(cfg))
+            assert nets and all(net.remat == remat for net in nets), (name, remat, nets)

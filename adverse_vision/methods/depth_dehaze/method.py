@@ -182,7 +182,8 @@ class DepthDehazeMethod(methods.Method):
         self.stage, self.guidance = s.stage, s.guidance
         dtype = jnp.dtype(cfg.model.dtype)
         self.model = DepthDehaze(encoder=s.encoder, guidance=GUIDANCE[s.guidance],
-                                 drop_path_rate=float(s.drop_path), dtype=dtype)
+                                 drop_path_rate=float(s.drop_path), dtype=dtype,
+                                 remat=bool(cfg.model.remat))
         self.teacher_net = DepthDehaze(encoder=s.encoder, dtype=dtype)
         self.has_teacher = self.stage == "dehaze" and bool(s.teacher_from)
         self.vgg = VGG16Features(dtype=dtype) if s.perceptual_weight > 0 else None

@@ -159,7 +159,8 @@ class DNHLMethod(methods.Method):
         self.stage, self.task = d.stage, d.task
         self.num_classes = len(catalog.class_names(cfg.data))
         dtype = jnp.dtype(cfg.model.dtype)
-        self.denoiser = Denoiser(form=d.denoiser_form, width=float(d.denoiser_width), dtype=dtype)
+        self.denoiser = Denoiser(form=d.denoiser_form, width=float(d.denoiser_width), dtype=dtype,
+                                 remat=bool(cfg.model.remat))
         self.crop = denoiser_crop(d.denoiser_form) if self.stage != "high" else 0
         fc = int(d.high_fc)
         if self.task == "classification":
