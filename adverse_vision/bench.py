@@ -219,16 +219,15 @@ def suite_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows + ["", f"devices: {devices}"])
 
 
-def _main_suite() -> int:
-    results = suite(_SUITE_SIZE.value, _SUITE_METHODS.value, steps=_STEPS.value,
-                    infer_steps=_INFER_STEPS.value, suite_file=_SUITE_FILE.value)
+def _report(text: str, record: Any) -> None:
+    """Prints ``text`` and writes ``record`` to ``--json``, on process 0 only (every
+    process times the same global steps)."""
     if jax.process_index() != 0:
-        return 0
-    print(suite_table(results))
+        return
+    print(text)
     if _JSON.value:
-        storage.write_text(_JSON.value, json.dumps(results, indent=2, default=str))
+        storage.write_text(_JSON.value, json.dumps(record, indent=2, default=str))
     sys.stdout.flush()
-    return 0 if all("error" not in r for r in results) else 1
 
 
 def main() -> int:
@@ -238,18 +237,16 @@ def main() -> int:
         if _CONFIG.value is not None:
             raise ValueError("--suite benchmarks every method's config: leave out --config")
         parallel.maybe_initialize_distributed()
-        return _main_suite()
+        results = suite(_SUITE_SIZE.value, _SUITE_METHODS.value, steps=_STEPS.value,
+                        infer_steps=_INFER_STEPS.value, suite_file=_SUITE_FILE.value)
+        _report(suite_table(results), results)
+        return 0 if all("error" not in r for r in results) else 1
     if _CONFIG.value is None:
         raise ValueError("give --config (or --suite)")
     cfg = _CONFIG.value  # validated by the trainer, before anything is built
     parallel.maybe_initialize_distributed()
     result = run(cfg, _STEPS.value, _INFER_STEPS.value, _INFER_BATCH.value, _INFER_SIZE.value)
-    if jax.process_index() != 0:  # every process times the same global steps
-        return 0
-    print(format_result(result))
-    if _JSON.value:
-        storage.write_text(_JSON.value, json.dumps(result, indent=2, default=str))
-    sys.stdout.flush()
+    _report(format_result(result), result)
     return 0
 
 

@@ -32,10 +32,6 @@ def is_url(path: PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def path(p: PathLike) -> epath.Path:
-    return epath.Path(p)
-
-
 def absolute(p: PathLike) -> str:
     """A local path made absolute; a URL as it is (``os.path.abspath`` would turn
     ``gs://b/x`` into ``./gs:/b/x``)."""
@@ -48,11 +44,20 @@ def join(base: PathLike, *parts: str) -> str:
 
 
 def exists(p: PathLike) -> bool:
-    return epath.Path(p).exists()
+    return os.path.exists(p) if not is_url(p) else epath.Path(p).exists()
 
 
 def isdir(p: PathLike) -> bool:
-    return epath.Path(p).is_dir()
+    return os.path.isdir(p) if not is_url(p) else epath.Path(p).is_dir()
+
+
+def isfile(p: PathLike) -> bool:
+    return os.path.isfile(p) if not is_url(p) else epath.Path(p).is_file()
+
+
+def isabs(p: PathLike) -> bool:
+    """Whether ``p`` stands on its own: an absolute local path or a URL."""
+    return is_url(p) or os.path.isabs(p)
 
 
 def makedirs(p: PathLike) -> None:
@@ -60,12 +65,23 @@ def makedirs(p: PathLike) -> None:
 
 
 def listdir(p: PathLike) -> list[str]:
-    """The names in folder ``p``."""
+    """The names in folder ``p``, sorted."""
+    if not is_url(p):
+        return sorted(os.listdir(p))
     return sorted(child.name for child in epath.Path(p).iterdir())
+
+
+def glob(folder: PathLike, pattern: str) -> list[str]:
+    """The paths under ``folder`` that match ``pattern`` (``*/dataset_info.json``)."""
+    return sorted(os.fspath(m) for m in epath.Path(folder).glob(pattern))
 
 
 def read_text(p: PathLike) -> str:
     return epath.Path(p).read_text()
+
+
+def read_bytes(p: PathLike) -> bytes:
+    return epath.Path(p).read_bytes()
 
 
 def write_text(p: PathLike, text: str) -> None:

@@ -252,9 +252,7 @@ class _TrainStep:
     def _variant(self, state: TrainState, step: Optional[int]) -> Any:
         if self.step_variant is None:
             return None
-        if step is None:
-            step = int(jax.device_get(state.step))
-        return self.step_variant(int(step))
+        return self.variant(int(jax.device_get(state.step)) if step is None else step)
 
     def variant(self, step: int) -> Any:
         """The method's variant of iteration ``step`` (None for methods without)."""

@@ -20,6 +20,7 @@ Variants (comma-separated tokens after the colon):
            half width, 96 px crops, batch 64, SGD with momentum 0.9.
   tiny     CPU run: 64 px crops, batch 32, denoiser and classifier at a quarter
            width with 256-wide fc layers, AdamW; a few minutes per stage.
+  smoke    very narrow networks at 32 px, batch 8, 4 steps per stage, for tests.
   official the Caffe denoiser form (unpadded 5x5 / 3x3 convs, BGR 0-255 inside; its
            output, and so the classifier's input, is 6 px smaller).
   bf16     compute in bfloat16.
@@ -55,6 +56,15 @@ def get_config(arg: str = ""):
     def tiny(c):
         dnhl_tiny(c, image_size=64, batch_size=32, steps=TINY_STEPS, num_val=400)
 
-    return dnhl_variants(c, arg, {"tiny": tiny},
+    def smoke(c):
+        tiny(c)
+        c.image_size, c.batch_size = 32, 8
+        c.total_steps = c.eval_every = c.checkpoint_every = 4
+        c.log_every = 2
+        c.data.num_train, c.data.num_val, c.data.scene_size = 64, 16, 64
+        c.dnhl.denoiser_width, c.dnhl.high_width, c.dnhl.high_fc = 0.125, 0.0625, 32
+        c.dnhl.eval_sigmas = (25.0, 50.0)
+
+    return dnhl_variants(c, arg, {"tiny": tiny, "smoke": smoke},
                          sgd_lr={"high": 0.01, "denoise": 1e-3, "joint": 1e-4},
                          adamw_lr={"high": 4e-3, "denoise": 4e-3, "joint": 1e-3})

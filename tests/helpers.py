@@ -1,6 +1,7 @@
 """Shared test fixtures' building blocks."""
 
 import os
+import socket
 
 import jax
 import numpy as np
@@ -105,3 +106,21 @@ def bdlf_smoke_config(tokens: str = "", **overrides):
     from configs import bdlf_scenes  # pylint: disable=import-outside-toplevel
     cfg = bdlf_scenes.get_config(",".join(t for t in ("smoke", tokens) if t))
     return _override(cfg, overrides)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a JAX coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(devices: int, **extra: str) -> dict[str, str]:
+    """This environment for a child JAX process of ``devices`` CPU devices: without the
+    launch variables of this one (JAX_*, TPU_*, SLURM_*, OMPI_*, ADVERSE_VISION_*),
+    plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_", "TPU_", "SLURM_", "OMPI_", "ADVERSE_VISION_"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               **extra)
+    return env

@@ -5,7 +5,6 @@ same global batch and device count does."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from adverse_vision import logs, methods, workdir as workdir_lib
+from tests.helpers import free_port, process_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240  # seconds for any one launch
@@ -29,31 +29,17 @@ TRAIN = ["--config", "configs/sdg_scenes.py:smoke,depth", "--progress=off",
          "--config.checkpoint_every=1000"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_", "TPU_", "SLURM_", "OMPI_", "ADVERSE_VISION_"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=ROOT, **extra)
-    return env
-
-
 def _start(module: str, args: list[str], processes: int, devices: int) -> list[subprocess.Popen]:
     """``python -m module args`` in ``processes`` processes of ``devices`` CPU devices each
     (one plain process when ``processes`` is 1)."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for i in range(processes):
         extra = {} if processes == 1 else {
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
         procs.append(subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
-                                      env=_env(devices, **extra), stdout=subprocess.PIPE,
+                                      env=process_env(devices, PYTHONPATH=ROOT, **extra), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     return procs
 

@@ -1,7 +1,5 @@
 """Mesh, global batches, and when a launch asks for jax.distributed."""
 
-import os
-import socket
 import subprocess
 import sys
 
@@ -10,6 +8,7 @@ import numpy as np
 import pytest
 
 from adverse_vision import parallel
+from tests.helpers import free_port, process_env
 
 
 def test_mesh_spans_the_eight_fake_devices():
@@ -99,13 +98,8 @@ print("RESULT", i, jax.process_count(), jax.device_count(), batch["x"].shape[0],
 def test_two_processes_join_by_the_documented_variables():
     """Two processes on this machine, launched as ``launch/gpu.sh`` documents (the three
     JAX_* variables), form one 4-device mesh and reduce a global batch together."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("JAX_", "TPU_", "SLURM_", "OMPI_", "ADVERSE_VISION_"))}
-    base.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
+    base = process_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+                       JAX_NUM_PROCESSES="2")
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER], env={**base, "JAX_PROCESS_ID": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]

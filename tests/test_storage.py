@@ -118,3 +118,32 @@ def test_copy_program_puts_a_local_file_in_the_bucket(bucket, tmp_path, capsys):
     assert storage.read_text("gs://b/run/logs/worker-0.log") == "step 1\n"
     assert storage.main(["copy", str(tmp_path / "missing.log"), "gs://b/x"]) == 1
     assert "cannot copy" in capsys.readouterr().err
+
+
+def _same_records(a, b):
+    assert len(a) == len(b) > 0
+    for i in range(len(a)):
+        ra, rb = a[i], b[i]
+        assert sorted(ra) == sorted(rb) and bool(ra["valid"])
+        for key in ra:
+            np.testing.assert_array_equal(np.asarray(ra[key]), np.asarray(rb[key]), err_msg=key)
+
+
+def test_datasets_are_read_from_a_bucket(bucket, tmp_path):
+    """VOC (its image set, XML and images), COCO (its JSON) and image folders under
+    ``gs://`` give the records they give from a local folder."""
+    from adverse_vision.data.coco import COCOSource  # pylint: disable=import-outside-toplevel
+    from adverse_vision.data.folders import ImageFolderSource  # pylint: disable=import-outside-toplevel
+    from adverse_vision.data.voc import VOCSource  # pylint: disable=import-outside-toplevel
+    from tests.data.test_coco import ANNOTATIONS, IMAGES, make_coco  # pylint: disable=import-outside-toplevel
+    from tests.data.test_voc import BASIC, make_voc  # pylint: disable=import-outside-toplevel
+    voc = make_voc(tmp_path / "voc", BASIC)
+    (tmp_path / "coco").mkdir()
+    coco_json, coco_images = make_coco(tmp_path / "coco", IMAGES, ANNOTATIONS)
+    bucket.put(str(tmp_path), "gs://b/data", recursive=True)
+    url = "gs://b/data"
+    _same_records(VOCSource(voc, image_set="trainval", class_names=("person", "car")),
+                  VOCSource(f"{url}/voc", image_set="trainval", class_names=("person", "car")))
+    _same_records(COCOSource(coco_json, coco_images),
+                  COCOSource(f"{url}/coco/instances.json", f"{url}/coco/images"))
+    _same_records(ImageFolderSource(coco_images), ImageFolderSource(f"{url}/coco/images"))

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from adverse_vision import storage
 from adverse_vision.data import pipeline
 
 
@@ -110,10 +111,10 @@ def folder_classes(bundle, d) -> tuple[str, ...] | None:
     if tuple(d.class_names):
         return tuple(d.class_names)
     train_root = os.path.join(d.root, bundle.split_name(d, "train"))
-    if not os.path.isdir(train_root):
+    if not storage.isdir(train_root):
         return None
-    return tuple(sorted(e for e in os.listdir(train_root)
-                        if os.path.isdir(os.path.join(train_root, e)))) or None
+    return tuple(sorted(e for e in storage.listdir(train_root)
+                        if storage.isdir(os.path.join(train_root, e)))) or None
 
 
 def class_names(d) -> tuple[str, ...]:
@@ -123,9 +124,9 @@ def class_names(d) -> tuple[str, ...]:
         return tuple(d.class_names)
     if d.name == "class_folder":
         root = os.path.join(d.root, d.train_split)
-        if not os.path.isdir(root):
+        if not storage.isdir(root):
             raise FileNotFoundError(f"config key 'data.root': class folder {root} not found")
-        names = sorted(n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)))
+        names = sorted(n for n in storage.listdir(root) if storage.isdir(os.path.join(root, n)))
         if names:
             return tuple(names)
         raise ValueError(f"config key 'data.root': {root} has no class subfolders")
@@ -159,7 +160,7 @@ def mfnet(bundle, d, split, problems):
 def fusion_folder(bundle, d, split, problems):
     from adverse_vision.data import fusion_pairs  # pylint: disable=import-outside-toplevel
     root = os.path.join(d.root, bundle.split_name(d, split))
-    return fusion_pairs.FusionFolderSource(root if os.path.isdir(root) else d.root,
+    return fusion_pairs.FusionFolderSource(root if storage.isdir(root) else d.root,
                                            policy=bundle.policy, problems=problems)
 
 
@@ -198,6 +199,6 @@ def dehaze_pairs(bundle, d, split, problems):
     ``data.layout`` (when the config has it) picks the layout, else it is detected."""
     from adverse_vision.data import dehaze_pairs as pairs  # pylint: disable=import-outside-toplevel
     root = os.path.join(d.root, bundle.split_name(d, split))
-    return pairs.DehazePairSource(root if os.path.isdir(root) else d.root,
+    return pairs.DehazePairSource(root if storage.isdir(root) else d.root,
                                   layout=d.get("layout", "auto"), policy=bundle.policy,
                                   problems=problems)

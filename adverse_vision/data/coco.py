@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from adverse_vision import storage
 from adverse_vision.data.annotated import AnnotatedSource
 from adverse_vision.data.problems import (
     ClassMatcher,
@@ -81,11 +82,11 @@ class COCOSource(AnnotatedSource):
         self.problems = problems if problems is not None else DataProblems(f"COCO {self.annotation_json}")
         jpath = self.annotation_json
 
-        if not os.path.isdir(self.image_dir):
+        if not storage.isdir(self.image_dir):
             raise DataError(f"{self.image_dir}: COCO image folder does not exist (annotations {jpath})")
         try:
-            with open(jpath, encoding="utf-8-sig") as f:  # a byte-order mark is skipped
-                data = json.load(f)
+            # a byte-order mark is skipped
+            data = json.loads(storage.read_bytes(jpath).decode("utf-8-sig"))
         except FileNotFoundError:
             raise DataError(f"{jpath}: COCO annotation file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -186,7 +187,7 @@ class COCOSource(AnnotatedSource):
             file_name = img["file_name"]
             where = f"{jpath} (image {file_name})"
             path = os.path.join(self.image_dir, file_name)
-            if not os.path.isfile(path):
+            if not storage.isfile(path):
                 self._missing(path, f"image file not found (listed in {jpath})", "image skipped")
                 continue
             width, height = img.get("width"), img.get("height")

@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from adverse_vision import storage
 from adverse_vision.data.files import check_folder, read_id_list
 from adverse_vision.data.folders import (
     IMAGE_EXTENSIONS,
@@ -138,7 +139,7 @@ def hazy_keys(stem: str) -> list[str]:
 
 def _subfolders(root: str) -> dict[str, str]:
     """Lower-case name -> name of the folders directly in ``root``."""
-    return {d.lower(): d for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
+    return {d.lower(): d for d in sorted(storage.listdir(root)) if storage.isdir(os.path.join(root, d))}
 
 
 class DehazePairSource(PolicyReporting):
@@ -270,8 +271,8 @@ class DehazePairSource(PolicyReporting):
 
     def _listed(self, list_file: str, hazy: dict[str, str], hazy_root: str) -> dict[str, str]:
         """The hazy images named in ``list_file`` (file names or stems)."""
-        path = list_file if os.path.isabs(list_file) else os.path.join(self.root, list_file)
-        if not os.path.isfile(path):
+        path = list_file if storage.isabs(list_file) else os.path.join(self.root, list_file)
+        if not storage.isfile(path):
             raise DataError(f"{path}: hazy image list not found")
         out: dict[str, str] = {}
         for entry in read_id_list(path, "hazy image list"):

@@ -31,7 +31,9 @@ with or without a byte-order mark.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -69,11 +71,22 @@ def _eight_bit(im):
     return im
 
 
-def _decode(path: str, mode: str) -> np.ndarray:
+@contextlib.contextmanager
+def open_image(path: str) -> Iterator[Any]:
+    """PIL's ``Image.open`` of a local file or a URL (``gs://...``), closed on exit."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
+    if not storage.is_url(path):
+        with Image.open(path) as im:
+            yield im
+        return
+    with storage.open_file(path) as f, Image.open(f) as im:
+        yield im
+
+
+def _decode(path: str, mode: str) -> np.ndarray:
     try:
-        with Image.open(storage.open_file(path) if storage.is_url(path) else path) as im:
+        with open_image(path) as im:
             im = _eight_bit(im)
             if im.mode != mode:
                 if im.mode == "P" and "transparency" in im.info:
@@ -117,8 +130,8 @@ def read_id_list(path: str, what: str = "id list") -> list[str]:
     """
 
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return [line.split()[0] for line in f if line.strip()]
+        text = storage.read_bytes(path).decode("utf-8-sig")
+        return [line.split()[0] for line in text.splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read {what} ({e})") from None
 
@@ -127,8 +140,8 @@ def check_folder(path: str, what: str) -> str:
     """``path`` when it is a folder; otherwise one error naming it and ``what`` it should
     be (:class:`~adverse_vision.errors.MissingPathError` when it does not exist)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise MissingPathError(f"{path}: {what} does not exist")
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise DataError(f"{path}: {what} is not a folder")
     return path

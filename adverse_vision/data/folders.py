@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from adverse_vision.data.files import check_folder, read_id_list
+from adverse_vision import storage
+from adverse_vision.data.files import check_folder, open_image, read_id_list
 from adverse_vision.data.problems import (
     INVALID_IMAGE_SIZE,
     DataError,
@@ -107,8 +108,8 @@ def _normalize_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
 def _image_files(folder: str, extensions: tuple[str, ...]) -> list[str]:
     """Sorted names of the image files directly in ``folder``."""
     names = []
-    for name in os.listdir(folder):
-        if os.path.splitext(name)[1].lower() in extensions and os.path.isfile(
+    for name in storage.listdir(folder):
+        if os.path.splitext(name)[1].lower() in extensions and storage.isfile(
             os.path.join(folder, name)
         ):
             names.append(name)
@@ -221,7 +222,7 @@ class ClassFolderSource(_FileSource):
         self.policy = DataPolicy.from_config(policy)
         self.problems = problems if problems is not None else DataProblems(f"classes {self.root}")
         folders = sorted(
-            d for d in os.listdir(self.root) if os.path.isdir(os.path.join(self.root, d))
+            d for d in storage.listdir(self.root) if storage.isdir(os.path.join(self.root, d))
         )
         if class_names is None or (not isinstance(class_names, str) and len(class_names) == 0):
             if not folders:
@@ -233,7 +234,7 @@ class ClassFolderSource(_FileSource):
         if len(set(self.class_names)) != len(self.class_names):
             raise DataError(f"class_names has duplicate names: {list(self.class_names)}")
         for name in self.class_names:
-            if not os.path.isdir(os.path.join(self.root, name)):
+            if not storage.isdir(os.path.join(self.root, name)):
                 raise DataError(
                     f"{os.path.join(self.root, name)}: no folder for class {name!r} "
                     f"(class folders found: {folders})"
@@ -298,9 +299,7 @@ def read_voc_mask(path: str) -> np.ndarray:
     channel ("L") PNGs, as in the augmented VOC set, give their values. Other
     modes (e.g. RGB colour masks) raise ValueError naming the file.
     """
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in ("P", "L"):
             raise ValueError(
                 f"{path}: segmentation mask has mode {im.mode!r}; expected a palette (P) or "
@@ -311,10 +310,8 @@ def read_voc_mask(path: str) -> np.ndarray:
 
 def _header(path: str) -> tuple[tuple[int, int], str] | None:
     """((width, height), mode) from the file header, or None if unreadable."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return (int(im.size[0]), int(im.size[1])), str(im.mode)
     except Exception:  # noqa: BLE001 - PIL raises many exception types
         return None
@@ -355,11 +352,11 @@ class VOCSegmentationSource(PolicyReporting, _FileSource):
         self.class_names = VOC_SEG_CLASSES
         self.mask_paths: list[str] = []
         if self.image_set.endswith(".txt"):
-            list_path = self.image_set if os.path.isabs(self.image_set) else os.path.join(
+            list_path = self.image_set if storage.isabs(self.image_set) else os.path.join(
                 self.root, self.image_set)
         else:
             list_path = os.path.join(self.root, "ImageSets", "Segmentation", self.image_set + ".txt")
-        if not os.path.isfile(list_path):
+        if not storage.isfile(list_path):
             raise FileNotFoundError(f"{list_path}: image set file not found (image_set {image_set!r})")
         stems = read_id_list(list_path, "image set file")
         for stem in stems:
@@ -375,14 +372,14 @@ class VOCSegmentationSource(PolicyReporting, _FileSource):
         image_path = None
         for ext in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
             candidate = os.path.join(image_dir, stem + ext)
-            if os.path.isfile(candidate):
+            if storage.isfile(candidate):
                 image_path = candidate
                 break
         mask_path = os.path.join(mask_dir, stem + ".png")
         if image_path is None:
             self._missing(os.path.join(image_dir, stem + ".jpg"), "image file not found")
             return
-        if not os.path.isfile(mask_path):
+        if not storage.isfile(mask_path):
             self._missing(mask_path, "segmentation mask not found")
             return
         image_header = _header(image_path)

@@ -59,7 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from adverse_vision.data.files import ImageDecodeError, check_folder, read_gray, read_id_list
+from adverse_vision import storage
+from adverse_vision.data.files import (ImageDecodeError, check_folder, open_image, read_gray,
+                                        read_id_list)
 from adverse_vision.data.folders import (
     IMAGE_EXTENSIONS,
     MASK_IGNORE,
@@ -137,11 +139,11 @@ def _split_list(root: str, split: str, default_dir: str | None) -> tuple[str, li
     if not split:
         raise DataError(f"{root}: split is empty")
     if split.endswith(".txt"):
-        path = split if os.path.isabs(split) else os.path.join(root, split)
+        path = split if storage.isabs(split) else os.path.join(root, split)
     else:
         parts = [root] + ([default_dir] if default_dir else []) + [split + ".txt"]
         path = os.path.join(*parts)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise DataError(f"{path}: split file not found (split {split!r})")
     return path, read_id_list(path, "split file")
 
@@ -256,7 +258,7 @@ class M3FDSource(_Reporting, VOCSource):
         list_path = os.path.abspath(list_path)
         self.split = split
         self.saliency_root = None
-        if saliency_dir is not None and os.path.isdir(os.path.join(root, saliency_dir)):
+        if saliency_dir is not None and storage.isdir(os.path.join(root, saliency_dir)):
             self.saliency_root = os.path.join(root, saliency_dir)
         self.ir_paths: list[str] = []
         self.saliency_paths: list[str | None] = []
@@ -339,10 +341,8 @@ class M3FDSource(_Reporting, VOCSource):
 
 def _read_rgbt(path: str, problems: DataProblems) -> tuple[np.ndarray, np.ndarray] | None:
     """A 4-channel PNG as (RGB uint8 (H, W, 3), thermal uint8 (H, W, 1)), or None."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             mode = im.mode
             arr = np.asarray(im, dtype=np.uint8) if mode == "RGBA" else None
     except Exception as e:  # noqa: BLE001 - PIL raises many exception types
@@ -404,10 +404,10 @@ class MFNetSource(_Reporting):
     def _add(self, stem: str, image_root: str, label_root: str) -> None:
         image_path = os.path.join(image_root, stem + ".png")
         label_path = os.path.join(label_root, stem + ".png")
-        if not os.path.isfile(image_path):
+        if not storage.isfile(image_path):
             self._missing(image_path, "RGB-thermal image not found")
             return
-        if not os.path.isfile(label_path):
+        if not storage.isfile(label_path):
             self._missing(label_path, "label image not found")
             return
         image_header = _header(image_path)
@@ -518,8 +518,8 @@ class FusionFolderSource(_Reporting):
             self.ir_root = check_folder(os.path.join(self.root, ir_dir), "infrared folder")
             self.vis_root = check_folder(os.path.join(self.root, vis_dir), "visible folder")
         except DataError as e:
-            found = sorted(d for d in os.listdir(self.root)
-                           if os.path.isdir(os.path.join(self.root, d)))
+            found = sorted(d for d in storage.listdir(self.root)
+                           if storage.isdir(os.path.join(self.root, d)))
             raise DataError(f"{e} (folders in the root: {found}; usual ir_dir/vis_dir: {known})") \
                 from None
         self.extensions = _normalize_extensions(extensions)

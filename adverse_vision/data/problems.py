@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from adverse_vision.data.files import ImageDecodeError, read_rgb
+from adverse_vision.data.files import ImageDecodeError, open_image, read_rgb
 from adverse_vision.errors import DataError  # the package's name for bad dataset input
 
 LOGGER_NAME = "adverse_vision.data"
@@ -435,10 +435,8 @@ def decode_image(path: str, problems: DataProblems | None = None) -> np.ndarray 
 
 def read_image_size(path: str) -> tuple[int, int] | None:
     """(width, height) from the image header, or ``None`` if it cannot be read."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             w, h = im.size
     except Exception:  # noqa: BLE001
         return None

@@ -26,13 +26,13 @@ images are kept (a warning says so once).
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from adverse_vision import storage
 from adverse_vision.data.problems import (
     ClassMatcher,
     DataError,
@@ -55,11 +55,13 @@ def _shown_data_dir(data_dir: str | None) -> str:
 
 
 def _looks_prepared(name: str, data_dir: str | None) -> bool:
-    root = os.path.expanduser(_shown_data_dir(data_dir))
-    base = os.path.join(root, *name.split(":")[0].split("/"))
-    pattern_1 = os.path.join(glob.escape(base), "*", "dataset_info.json")
-    pattern_2 = os.path.join(glob.escape(base), "*", "*", "dataset_info.json")
-    return bool(glob.glob(pattern_1) or glob.glob(pattern_2))
+    root = _shown_data_dir(data_dir)
+    base = storage.join(root if storage.is_url(root) else os.path.expanduser(root),
+                        *name.split(":")[0].split("/"))
+    if not storage.isdir(base):
+        return False
+    return bool(storage.glob(base, "*/dataset_info.json")
+                or storage.glob(base, "*/*/dataset_info.json"))
 
 
 def open_tfds_source(name: str, split: str, data_dir: str | None = None):

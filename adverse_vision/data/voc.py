@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from adverse_vision import storage
 from adverse_vision.data.annotated import AnnotatedSource
 from adverse_vision.data.files import read_id_list
 from adverse_vision.data.problems import (
@@ -89,7 +90,7 @@ def find_image(directory: str, stem: str, filename: str | None = None) -> str | 
     candidates += [stem + ext for ext in IMAGE_EXTENSIONS[1:]]
     for name in candidates:
         path = os.path.join(directory, name)
-        if os.path.isfile(path):
+        if storage.isfile(path):
             return path
     return None
 
@@ -145,7 +146,7 @@ class VOCSource(AnnotatedSource):
         problems: DataProblems | None = None,
     ):
         self.root = os.fspath(root)
-        if not os.path.isdir(self.root):
+        if not storage.isdir(self.root):
             raise DataError(f"{self.root}: VOC dataset root does not exist or is not a folder")
         if coordinates not in ("continuous", "raw"):
             raise DataError(f"coordinates={coordinates!r} is not 'continuous' or 'raw'")
@@ -185,9 +186,9 @@ class VOCSource(AnnotatedSource):
         """[(dataset root, stems, id prefix)] for each image-set entry."""
         if image_set is None:
             ann_dir = os.path.join(self.root, self.annotation_dir)
-            if not os.path.isdir(ann_dir):
+            if not storage.isdir(ann_dir):
                 raise DataError(f"{ann_dir}: annotation folder does not exist")
-            stems = sorted(f[:-4] for f in os.listdir(ann_dir) if f.lower().endswith(".xml"))
+            stems = sorted(f[:-4] for f in storage.listdir(ann_dir) if f.lower().endswith(".xml"))
             return [(self.root, stems, "")]
         entries = [image_set] if isinstance(image_set, (str, os.PathLike)) else list(image_set)
         if not entries:
@@ -196,14 +197,14 @@ class VOCSource(AnnotatedSource):
         for entry in entries:
             entry = os.fspath(entry)
             if entry.endswith(".txt"):
-                list_path = entry if os.path.isabs(entry) else os.path.join(self.root, entry)
+                list_path = entry if storage.isabs(entry) else os.path.join(self.root, entry)
                 set_root, prefix = self.root, ""
             else:
                 sub, _, name = entry.rpartition("/")
                 set_root = os.path.join(self.root, sub) if sub else self.root
                 prefix = sub + "/" if sub else ""
                 list_path = os.path.join(set_root, "ImageSets", "Main", name + ".txt")
-            if not os.path.isfile(list_path):
+            if not storage.isfile(list_path):
                 raise DataError(f"{list_path}: image set file not found (image_set entry {entry!r})")
             stems = read_id_list(list_path, "image set file")
             out.append((set_root, stems, prefix))
@@ -212,7 +213,8 @@ class VOCSource(AnnotatedSource):
     def _add_sample(self, set_root: str, stem: str, prefix: str) -> None:
         xml_path = os.path.join(set_root, self.annotation_dir, stem + ".xml")
         try:
-            tree = ET.parse(xml_path)
+            with storage.open_file(xml_path) as f:
+                tree = ET.parse(f)
         except FileNotFoundError:
             self._bad_sample(xml_path, "annotation file not found", "image skipped")
             return

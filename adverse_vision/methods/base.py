@@ -187,6 +187,14 @@ class Method:
                              "it neither detects nor makes images")
         return self.predict
 
+    def evaluation_images(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The images of an evaluation batch that its network input is made of, uint8
+        ``(B, H, W, C)`` per batch key: ``image`` (the degraded input), ``clean`` where the
+        data has it, and the :attr:`predict_inputs`. ``python -m adverse_vision.samples``
+        writes them as the files ``predict`` reads. The default: the batch's own; a
+        method that degrades its input on the device gives the degraded one."""
+        return {k: batch[k] for k in ("image", "clean", *self.predict_inputs) if k in batch}
+
     def prediction_images(self, outputs: dict[str, Any], i: int,
                           to_original: Callable) -> dict[str, Any]:
         """Images of ``predict`` for image ``i`` of a batch: file suffix (``"_fused.png"``)

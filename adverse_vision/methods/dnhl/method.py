@@ -329,6 +329,40 @@ class DNHLMethod(methods.Method):
             return self.high_outputs(high, clean)
         return self.run(den, high, batch, float(self.cfg.dnhl.val_sigma))
 
+    # ------------------------------------------------------------------ image files
+    def evaluation_images(self, batch):
+        """The validation input: the clean image with the noise of ``dnhl.val_sigma``
+        that evaluation adds (the same per-sample key), quantised to 8 bits."""
+        if self.stage == "high":
+            return {"image": batch["image"]}
+        clean = jnp.asarray(batch["image"], jnp.float32) / 255.0
+        noisy = eval_noise(clean, jnp.float32(self.cfg.dnhl.val_sigma),
+                           jnp.asarray(batch["index"]), clip=True)
+        return {"image": np.asarray(jnp.round(noisy * 255.0), np.uint8),
+                "clean": batch["image"]}
+
+    def predict_fn(self, restore: bool):
+        """The denoiser on image files taken as they are (already noisy); the official
+        form's output, 3 px smaller per side, is padded back by repeating its edge."""
+        del restore
+        if self.stage == "high":
+            raise ValueError("a DN-HL 'high' stage run has no denoiser: predict a 'denoise' "
+                             "or 'joint' run's workdir")
+
+        def denoise(variables, batch):
+            den, _ = self.split_variables(variables)
+            x = batch["image"].astype(jnp.float32) / 255.0
+            out = jnp.clip(self.denoiser.apply(den, x, train=False), 0.0, 1.0)
+            c = self.crop
+            return {"denoised": jnp.pad(out, ((0, 0), (c, c), (c, c), (0, 0)), mode="edge")}
+
+        return denoise
+
+    def prediction_images(self, outputs, i, to_original):
+        if "denoised" not in outputs:
+            return {}
+        return {"_denoised.png": to_original(outputs["denoised"][i], value_range=(0.0, 1.0))}
+
     def make_evaluator(self) -> "DNHLEvaluator":
         return DNHLEvaluator(self.task, self.num_classes, self.crop,
                              int(self.cfg.dnhl.psnr_border))

@@ -3,14 +3,13 @@ noise, the losses on the 0-255 scale, and loading an earlier stage's run."""
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from adverse_vision import config as config_lib
+from adverse_vision import storage
 from adverse_vision import workdir as workdir_lib
 from adverse_vision.losses import masked_mean
 
@@ -89,7 +88,7 @@ def load_stage(workdir: str, key: str, stages: tuple[str, ...], cfg: ml_collecti
     if not workdir:
         raise ValueError(f"config key '{key}' is empty: stage '{cfg.dnhl.stage}' starts from "
                          f"the workdir of a '{'/'.join(stages)}' run")
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
         raise FileNotFoundError(f"config key '{key}': {workdir} is not a directory")
     other = workdir_lib.load_config(workdir)
     if other.method != "dnhl" or other.dnhl.stage not in stages:
