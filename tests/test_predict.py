@@ -573,12 +573,14 @@ def test_detections_are_drawn_on_the_canvas_a_method_gives(tmp_path):
 
 
 def test_method_without_prediction_is_refused_in_one_line():
-    """A method that neither detects nor makes images, and a denoising run, have
-    nothing for predict to write: one readable error before anything runs."""
-    for tr in (_trainer("predict_test_silent"),
-               trainer_lib.Trainer(dnhl_scenes_cls.get_config("tiny,denoise"))):
-        with pytest.raises(ValueError, match=rf"method '{tr.cfg.method}' has no prediction "
-                                             r"for image files") as err:
+    """A method that neither detects nor makes images, and a DN-HL run without a
+    denoiser, have nothing for predict to write: one readable error before anything
+    runs."""
+    for tr, message in ((_trainer("predict_test_silent"),
+                         r"method 'predict_test_silent' has no prediction for image files"),
+                        (trainer_lib.Trainer(dnhl_scenes_cls.get_config("tiny,high")),
+                         r"a DN-HL 'high' stage run has no denoiser")):
+        with pytest.raises(ValueError, match=message) as err:
             predict.Predictor(tr, {})
         assert "\n" not in str(err.value)
 
