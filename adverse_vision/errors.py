@@ -14,3 +14,8 @@ class DataError(ValueError):
 class MissingPathError(DataError, FileNotFoundError):
     """A dataset file or folder that does not exist (a :class:`DataError` that is also a
     ``FileNotFoundError``)."""
+
+
+class OfficialUnavailable(RuntimeError):
+    """The official implementation to compare with cannot be built here (no PyTorch, no
+    checkout, no official side for the method); the message says what is missing."""

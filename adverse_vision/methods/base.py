@@ -38,6 +38,7 @@ from typing import Any, Callable, ClassVar, Optional
 import ml_collections
 
 from adverse_vision.config import ConfigError
+from adverse_vision.errors import OfficialUnavailable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +187,20 @@ class Method:
             raise ValueError(f"method {self.name!r} has no prediction for image files: "
                              "it neither detects nor makes images")
         return self.predict
+
+    def official_contenders(self, checkout: str, batches: dict[str, dict[str, Any]]
+                            ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+        """The official implementation, built from its repository's ``checkout`` at run
+        time, for ``python -m adverse_vision.versus``: ``({task: callable}, info)``, each
+        callable running one ``"train step"`` or ``"inference"`` on the inputs ours gets
+        (``batches["train"]``, ``batches["infer"]``: numpy batches of the run's data) and
+        returning when its work is done; ``info`` describes what was built.
+
+        Raises:
+          OfficialUnavailable: one line on what is missing (by default: no official side)."""
+        del checkout, batches
+        raise OfficialUnavailable(f"method {self.name!r} has no official implementation to "
+                                  "time against")
 
     def evaluation_images(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The images of an evaluation batch that its network input is made of, uint8

@@ -202,6 +202,12 @@ class TogetherNetMethod(DetectionMethod):
     def make_evaluator(self) -> "TogetherNetEvaluator":
         return TogetherNetEvaluator(self.cfg.data.class_names)
 
+    def official_contenders(self, checkout, batches):
+        """The official PyTorch network of a checkout of yz-wang/TogetherNet
+        (:mod:`adverse_vision.methods.togethernet_official`)."""
+        from adverse_vision.methods import togethernet_official  # pylint: disable=import-outside-toplevel
+        return togethernet_official.contenders(self.cfg, checkout, batches)
+
 
 def real_region(scale: float, offset, orig_size, size: int) -> tuple[slice, slice]:
     """Rows and columns of the real pixels of a letterboxed ``size`` x ``size`` image
