@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import config as config_lib
 from adverse_vision import errors
+from adverse_vision import host_memory
 
 
 class PathError(ValueError):
@@ -195,6 +196,7 @@ def run(main: Callable[[], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
+    host_memory.keep_freed_memory()  # before the backend starts its threads
     try:
         check_command_line(sys.argv[1:])
     except USER_ERRORS as e:

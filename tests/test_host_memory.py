@@ -1,0 +1,42 @@
+"""host_memory: freed host memory stays in the process for the next step."""
+
+import subprocess
+import sys
+
+from adverse_vision import host_memory
+
+#: Allocates and frees 256 MB twice; prints the page faults of the second time.
+PROBE = """
+import resource, sys
+import numpy as np
+from adverse_vision import host_memory
+if sys.argv[1] == "keep":
+    assert host_memory.keep_freed_memory()
+
+def faults(n):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.empty(n, np.uint8)
+    a.fill(1)
+    del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults(256 << 20)
+print(faults(256 << 20))
+"""
+
+
+def _second_faults(mode: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split()[-1])
+
+
+def test_freed_memory_is_reused_without_page_faults():
+    assert _second_faults("plain") > 50  # glibc gave the block back and faults it in again
+    assert _second_faults("keep") == 0
+
+
+def test_it_can_be_left_alone(monkeypatch):
+    monkeypatch.setenv("ADVERSE_VISION_KEEP_HOST_MEMORY", "0")
+    assert not host_memory.keep_freed_memory()
