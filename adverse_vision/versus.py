@@ -12,7 +12,8 @@ the config's data and an inference batch at ``--infer_batch`` x ``--infer_size``
 Each task (``train step``, ``inference``) is timed in rounds after ``--warmup``
 untimed calls of each side: in every round each side runs once, the order swapped
 from one round to the next (ABBA), so a drift of the machine (heat, another process)
-falls on both. Reported per task: the median and the range of each side's seconds
+falls on both, and ``--settle`` seconds (1) of untimed rest come before every timed
+call, so that the thread pools of the side that ran last are idle when the next starts. Reported per task: the median and the range of each side's seconds
 and the ratio official / ours of the medians with the range of the per-round ratios
 (above 1: ours is faster). Absolute times are for the record; the ratio is the result.
 
