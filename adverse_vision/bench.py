@@ -15,7 +15,6 @@ its parts (``Method.bench_extra``) with their report lines (``Method.bench_lines
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib.util
 import itertools
@@ -55,13 +54,9 @@ _SUITE_FILE = flags.DEFINE_string("suite_file", SUITE_FILE,
 
 def setup(cfg):
     """(trainer, state, one global batch of the config's training data)."""
-    from adverse_vision.data import factory  # pylint: disable=import-outside-toplevel
     from adverse_vision.trainer import Trainer  # pylint: disable=import-outside-toplevel
     trainer = Trainer(cfg)
-    data = factory.DataBundle(cfg, per_host_batch=parallel.per_host_batch_size(
-        cfg.batch_size, trainer.mesh), method=trainer.method)
-    with contextlib.closing(data.train_iterator()) as batches:
-        batch = parallel.global_batch(next(batches), trainer.mesh)
+    batch = parallel.global_batch(trainer.first_batch(), trainer.mesh)
     return trainer, trainer.init_state(), batch
 
 

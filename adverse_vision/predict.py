@@ -366,18 +366,18 @@ def _write_outputs(out: str, stem: str, path: str, image: np.ndarray, pred: Pred
     for suffix, picture in pred.images.items():
         if picture.ndim == 3 and picture.shape[-1] == 1:
             picture = picture[..., 0]  # one channel: an 8-bit grey file
-        _save_image(picture, storage.join(out, f"{stem}{suffix}"))
+        save_image(picture, storage.join(out, f"{stem}{suffix}"))
     if not detects:
         return
     record = detections_json(os.path.basename(path), h, w, pred, class_names)
     storage.write_text(storage.join(out, f"{stem}.json"), json.dumps(record, indent=2))
     canvas = image if pred.canvas is None else pred.canvas
     drawn = draw_lib.draw_detections(canvas, pred.boxes, pred.classes, pred.scores, class_names)
-    _save_image(drawn, storage.join(out, f"{stem}_boxes.jpg"), quality=95,
+    save_image(drawn, storage.join(out, f"{stem}_boxes.jpg"), quality=95,
                 subsampling=0)  # 4:4:4 keeps thin coloured lines sharp
 
 
-def _save_image(pixels: np.ndarray, path: str, **options: Any) -> None:
+def save_image(pixels: np.ndarray, path: str, **options: Any) -> None:
     """An image file in a local folder or a bucket; the format from the file name."""
     fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
     with storage.open_file(path, "wb") as f:

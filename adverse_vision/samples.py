@@ -21,10 +21,10 @@ from typing import Optional
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from adverse_vision import cli, storage
 from adverse_vision import evaluate as evaluate_lib
+from adverse_vision import predict as predict_lib
 from adverse_vision import workdir as workdir_lib
 
 
@@ -37,9 +37,7 @@ def _save(array: np.ndarray, path: str) -> None:
     image = np.asarray(array)
     if image.dtype != np.uint8:
         raise ValueError(f"samples: expected uint8 images, got {image.dtype} for {path}")
-    image = image[..., 0] if image.shape[-1] == 1 else image
-    with storage.open_file(path, "wb") as f:
-        Image.fromarray(image).save(f, format="PNG")
+    predict_lib.save_image(image[..., 0] if image.shape[-1] == 1 else image, path)
 
 
 def write_samples(cfg: ml_collections.ConfigDict, out: str, count: int = 4, split: str = "val",

@@ -123,6 +123,17 @@ class Trainer:
         init_rng = jax.random.key(self.cfg.seed, impl="rbg")
         return jax.jit(self._create_state, out_shardings=self.replicated)(init_rng)
 
+    def data(self) -> data_factory.DataBundle:
+        """The config's data, batched for this host's share of the mesh."""
+        per_host = parallel.per_host_batch_size(self.cfg.batch_size, self.mesh)
+        return data_factory.DataBundle(self.cfg, per_host_batch=per_host, method=self.method)
+
+    def first_batch(self) -> dict[str, np.ndarray]:
+        """The first batch of the training stream, on the host (numpy): what a
+        benchmark times a step on."""
+        with contextlib.closing(self.data().train_iterator()) as batches:
+            return {k: np.asarray(v) for k, v in next(batches).items()}
+
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state, without computing it."""
         return abstract_state(self.method, self.tx, self.cfg.optimizer.ema_decay > 0,
@@ -379,8 +390,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         for change in workdir_lib.check_config_change(cfg, workdir):
             log.warning("resumed with a changed config: %s", change)
     workdir_lib.save_config(cfg, workdir)
-    per_host = parallel.per_host_batch_size(cfg.batch_size, trainer.mesh)
-    data = data_factory.DataBundle(cfg, per_host_batch=per_host, method=trainer.method)
+    data = trainer.data()
     train_iter = data.train_iterator()
 
     try:

@@ -9,7 +9,12 @@ run's method builds the official network (and its loss and optimiser, for a trai
 step) from that checkout at run time (``Method.official_contenders``: nothing of it
 is part of this project), on the very inputs ours gets: the first training batch of
 the config's data and an inference batch at ``--infer_batch`` x ``--infer_size``.
-Each task (``train step``, ``inference``) is timed in rounds after ``--warmup``
+The tasks are the method's: by default ``train step`` (our side: the run's jitted
+train step) and ``inference`` (its ``predict_fn``); a method whose official code
+differs in what it trains names its own tasks and builds our side of them
+(``Method.own_contenders``, e.g. one network of the method alone), and one without
+official training code has no train step.
+Each task is timed in rounds after ``--warmup``
 untimed calls of each side: in every round each side runs once, the order swapped
 from one round to the next (ABBA), so a drift of the machine (heat, another process)
 falls on both, and ``--settle`` seconds (1) of untimed rest come before every timed
@@ -20,6 +25,7 @@ and the ratio official / ours of the medians with the range of the per-round rat
 Without PyTorch or without the checkout, one line says what is missing. Our side runs
 exactly as ``bench`` times it: the jitted train step (its state carried from call to
 call) and the method's prediction (``predict_fn(restore=True)``), each waited for.
+Each method's official side lives beside the method (README lists them).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import numpy as np
 from adverse_vision import cli, parallel, storage
 from adverse_vision.errors import OfficialUnavailable
 
-#: The tasks timed, in order.
+#: The tasks timed unless a method names its own: our side of them is the run's train
+#: step and its prediction.
 TASKS = ("train step", "inference")
 
 
@@ -159,40 +166,39 @@ def table(results: Sequence[TaskResult], official_label: str = "official") -> st
 
 # --------------------------------------------------------------------------- our side
 
-def _host_batch(trainer, cfg) -> dict[str, np.ndarray]:
-    from adverse_vision.data import factory  # pylint: disable=import-outside-toplevel
-    data = factory.DataBundle(cfg, per_host_batch=parallel.per_host_batch_size(
-        cfg.batch_size, trainer.mesh), method=trainer.method)
-    iterator = data.train_iterator()
-    try:
-        return {k: np.asarray(v) for k, v in next(iterator).items()}
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+def _ours(trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarray]],
+          names: Sequence[str]) -> dict[str, Callable[[], None]]:
+    """Our side of the standard ``names`` (:data:`TASKS`): the train step (its state
+    carried from call to call) and the prediction, as callables that wait for their
+    results. Only what is named is built."""
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise ValueError(f"versus: the method's official side has the tasks {unknown} but "
+                         f"not our side of them (Method.own_contenders); the standard ones "
+                         f"are {TASKS}")
+    fns = {}
+    if "train step" in names:
+        trainer = trainers["train"]
+        state = [trainer.init_state()]
+        batch = parallel.global_batch(batches["train"], trainer.mesh)
+        step = trainer.train_step
 
+        def train():
+            state[0], metrics = step(state[0], batch)
+            jax.block_until_ready(metrics)
 
-def _ours(trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarray]]
-          ) -> dict[str, Callable[[], None]]:
-    """Our train step (its state carried from call to call) and prediction, as
-    callables that wait for their results."""
-    trainer, infer_trainer = trainers["train"], trainers["infer"]
-    state = [trainer.init_state()]
-    batch = parallel.global_batch(batches["train"], trainer.mesh)
-    step = trainer.train_step
+        fns["train step"] = train
+    if "inference" in names:
+        infer_trainer = trainers["infer"]
+        infer_batch = parallel.global_batch(batches["infer"], infer_trainer.mesh)
+        variables = infer_trainer.init_state().eval_variables()
+        predict = jax.jit(infer_trainer.method.predict_fn(restore=True))
 
-    def train():
-        state[0], metrics = step(state[0], batch)
-        jax.block_until_ready(metrics)
+        def infer():
+            jax.block_until_ready(predict(variables, infer_batch))
 
-    infer_batch = parallel.global_batch(batches["infer"], infer_trainer.mesh)
-    variables = infer_trainer.init_state().eval_variables()
-    predict = jax.jit(infer_trainer.method.predict_fn(restore=True))
-
-    def infer():
-        jax.block_until_ready(predict(variables, infer_batch))
-
-    return {"train step": train, "inference": infer}
+        fns["inference"] = infer
+    return fns
 
 
 def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: int = 0,
@@ -208,11 +214,12 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
     infer_cfg.batch_size = infer_batch or cfg.batch_size
     infer_cfg.image_size = infer_size or cfg.image_size
     trainers = {"train": Trainer(cfg), "infer": Trainer(infer_cfg)}
-    batches = {k: _host_batch(t, t.cfg) for k, t in trainers.items()}
-    official_fns, official_info = trainers["train"].method.official_contenders(checkout, batches)
-    ours_fns = _ours(trainers, batches)
-    tasks = {name: (official_fns[name], ours_fns[name]) for name in TASKS
-             if name in official_fns}
+    batches = {k: t.first_batch() for k, t in trainers.items()}
+    method = trainers["train"].method
+    official_fns, official_info = method.official_contenders(checkout, batches)
+    ours_fns = dict(method.own_contenders(trainers, batches))
+    ours_fns.update(_ours(trainers, batches, [t for t in official_fns if t not in ours_fns]))
+    tasks = {name: (official_fns[name], ours_fns[name]) for name in official_fns}
     results = interleave(tasks, rounds, warmup, settle_s=settle_s)
     info = {"method": cfg.method, "model": dict(cfg.model), "batch_size": cfg.batch_size,
             "image_size": cfg.image_size, "infer_batch": infer_batch or cfg.batch_size,

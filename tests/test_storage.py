@@ -106,7 +106,7 @@ def test_predict_reads_and_writes_a_bucket(bucket):
     (path,) = predict.list_images("gs://b/in")
     assert path == "gs://b/in/a.png"
     np.testing.assert_array_equal(predict.read_image(path), pixels)
-    predict._save_image(pixels, "gs://b/out/a_restored.png")  # pylint: disable=protected-access
+    predict.save_image(pixels, "gs://b/out/a_restored.png")
     with storage.open_file("gs://b/out/a_restored.png") as f:
         np.testing.assert_array_equal(np.asarray(Image.open(f)), pixels)
 

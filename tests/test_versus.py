@@ -9,9 +9,11 @@ import pytest
 from adverse_vision import versus
 from adverse_vision.errors import OfficialUnavailable
 from adverse_vision.methods import detection as detection_method
-from adverse_vision.methods import togethernet_official
-from configs import togethernet_scenes
-from tests.helpers import smoke_config
+from adverse_vision.methods import bdlf_official, togethernet_official
+from adverse_vision.methods.depth_dehaze import official as sdg_official
+from adverse_vision.methods.dnhl import official as dnhl_official
+from configs import sdg_scenes, togethernet_scenes
+from tests.helpers import bdlf_smoke_config, dnhl_smoke_config, smoke_config
 
 
 class _Clock:
@@ -125,3 +127,124 @@ def test_program_says_what_is_missing(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: method 'detection' has no official implementation to time against")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_method_times_its_own_tasks_with_our_side_of_them(tmp_path, monkeypatch):
+    """BDLF times its fusion network alone: the official side names the tasks and the
+    method builds our side of them (Method.own_contenders), here against a stand-in."""
+    from adverse_vision.methods import bdlf as bdlf_method  # pylint: disable=import-outside-toplevel
+    checkout = _stand_in_checkout(tmp_path)
+
+    def official_contenders(self, where, batches):
+        (net,) = versus.import_from_checkout(where, "standin.net", ["Net"])
+        train, infer = net(batches["train"]["image"]), net(batches["infer"]["image"])
+        assert {"thermal", "saliency"} <= set(batches["train"])
+        return {bdlf_official.TASKS[0]: train.step, bdlf_official.TASKS[1]: infer.step}, {}
+
+    monkeypatch.setattr(bdlf_method.BDLFMethod, "official_contenders", official_contenders)
+    results, _ = versus.compare(bdlf_smoke_config(), checkout, rounds=2, warmup=1,
+                                infer_batch=8, settle_s=0.0)
+    assert [r.name for r in results] == list(bdlf_official.TASKS)
+    assert all(min(r.ours) > 0 for r in results)
+
+
+def test_an_official_task_without_our_side_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(detection_method.DetectionMethod, "official_contenders",
+                        lambda self, where, batches: ({"export": lambda: None}, {}))
+    with pytest.raises(ValueError, match=r"tasks \['export'\] but not our side"):
+        versus.compare(smoke_config(batch_size=8), str(tmp_path), rounds=2)
+
+
+def test_each_official_side_says_what_it_cannot_build(tmp_path):
+    batches = {"train": {"image": np.zeros((2, 64, 64, 3), np.uint8)},
+               "infer": {"image": np.zeros((1, 64, 64, 3), np.uint8)}}
+    where = str(tmp_path)
+    # DN-HL: the Caffe form at full width, trained alone
+    cfg = dnhl_smoke_config("denoise")
+    with pytest.raises(OfficialUnavailable, match="'official' and 'denoise' variants"):
+        dnhl_official.contenders(cfg, where, batches)
+    cfg.dnhl.denoiser_form, cfg.dnhl.denoiser_width = "official", 1.0
+    with pytest.raises(OfficialUnavailable, match=r"deploy_denoise\.prototxt not found"):
+        dnhl_official.contenders(cfg, where, batches)
+    # BDLF: a mode with a fusion network, at full width
+    cfg = bdlf_smoke_config("visible")
+    with pytest.raises(OfficialUnavailable, match="no fusion network to time"):
+        bdlf_official.contenders(cfg, where, batches)
+    cfg = bdlf_smoke_config()
+    with pytest.raises(OfficialUnavailable, match="bdlf.fusion_width=0.125"):
+        bdlf_official.contenders(cfg, where, batches)
+    cfg.bdlf.fusion_width = 1.0
+    with pytest.raises(OfficialUnavailable, match=r"model/fcos_fusion\.py not found"):
+        bdlf_official.contenders(cfg, where, batches)
+    # depth-guided dehazing: the DenseNet-169 dehazer, sides multiples of 32
+    cfg = sdg_scenes.get_config("smoke")
+    with pytest.raises(OfficialUnavailable, match="DenseNet-169 depth net"):
+        sdg_official.contenders(cfg, where, batches)
+    cfg.sdg.encoder = "densenet169"
+    with pytest.raises(OfficialUnavailable, match="multiples of 32, got 64x48"):
+        sdg_official.contenders(cfg, where, {"infer": {"image": np.zeros((1, 64, 48, 3))}})
+    with pytest.raises(OfficialUnavailable, match=r"multi_network\.py not found"):
+        sdg_official.contenders(cfg, where, batches)
+
+
+def test_prototxt_is_read_as_nested_fields():
+    text = '''
+    # a deploy network
+    input: "data"
+    input_shape { dim: 1 dim: 3 dim: 136 dim: 136 }
+    layer {
+      name: "up", type: "Deconvolution"   # fields may end with commas
+      bottom: "x" top: "up"
+      convolution_param { kernel_size: 4 stride: 2 pad: 1 weight_filler: { type: "xavier" } }
+      param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2; decay_mult: 0 }
+    }
+    layer { name: "sum" type: "Eltwise" eltwise_param { operation: SUM coeff: -0.5 } }
+    '''
+    net = dnhl_official.parse_prototxt(text)
+    assert net["input"] == ["data"] and net["input_shape"] == [{"dim": [1, 3, 136, 136]}]
+    up, add = net["layer"]
+    assert up["name"] == ["up"] and up["type"] == ["Deconvolution"]
+    assert up["convolution_param"][0]["weight_filler"] == [{"type": ["xavier"]}]
+    assert [p["lr_mult"][0] for p in up["param"]] == [1, 2]
+    assert add["eltwise_param"] == [{"operation": ["SUM"], "coeff": [-0.5]}]
+    for bad, message in (("layer { name: 1", "not closed"), ("a: 1 }", "without its"),
+                         ("layer {} a", "has no value"), ('a: "open', "cannot read")):
+        with pytest.raises(ValueError, match=message):
+            dnhl_official.parse_prototxt(bad)
+
+
+def test_restated_caffe_layers_run_in_pytorch():
+    """Where PyTorch is installed (it is no requirement of the project): a small
+    prototxt with every layer type the restatement knows builds, runs, and keeps each
+    parameter's lr_mult / decay_mult; an unknown layer type is refused by name."""
+    torch = pytest.importorskip("torch")
+    text = '''
+    input: "data"
+    layer { name: "c0" type: "Convolution" bottom: "data" top: "c0"
+            param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+            convolution_param { num_output: 8 kernel_size: 3 pad: 0 } }
+    layer { name: "c1" type: "Convolution" bottom: "c0" top: "c1"
+            convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+    layer { name: "bn" type: "BatchNorm" bottom: "c1" top: "c1" }
+    layer { name: "sc" type: "Scale" bottom: "c1" top: "c1" scale_param { bias_term: true } }
+    layer { name: "r" type: "ReLU" bottom: "c1" top: "c1" }
+    layer { name: "up" type: "Deconvolution" bottom: "c1" top: "up"
+            convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 } }
+    layer { name: "cat" type: "Concat" bottom: "c0" bottom: "up" top: "cat" }
+    layer { name: "out" type: "Convolution" bottom: "cat" top: "out"
+            convolution_param { num_output: 3 kernel_size: 3 pad: 0 } }
+    layer { name: "crop" type: "Crop" bottom: "data" bottom: "out" top: "cropped"
+            crop_param { axis: 2 offset: 2 } }
+    layer { name: "sum" type: "Eltwise" bottom: "out" bottom: "cropped" top: "y" }
+    '''
+    x = torch.randn(2, 3, 20, 20)
+    net = dnhl_official.build_network(torch, dnhl_official.parse_prototxt(text), x)
+    y = net.eval()(x)
+    assert tuple(y.shape) == (2, 3, 16, 16)
+    assert net.mults["ops.c0.bias"] == (2.0, 0.0) and net.mults["ops.c1.weight"] == (1.0, 1.0)
+    out = net.ops["out"](torch.cat([net.ops["c0"](x), net.ops["up"](torch.relu(net.ops["sc"](
+        net.ops["bn"](net.ops["c1"](net.ops["c0"](x))))))], 1))
+    assert torch.allclose(y, out + x[:, :, 2:18, 2:18])
+    bad = dnhl_official.parse_prototxt('layer { name: "p" type: "Pooling" bottom: "data" top: "p" }')
+    with pytest.raises(OfficialUnavailable, match="'p' has type 'Pooling'"):
+        dnhl_official.build_network(torch, bad, x)

@@ -202,6 +202,16 @@ class Method:
         raise OfficialUnavailable(f"method {self.name!r} has no official implementation to "
                                   "time against")
 
+    def own_contenders(self, trainers: dict[str, Any], batches: dict[str, dict[str, Any]]
+                       ) -> dict[str, Callable[[], Any]]:
+        """Our side of the :meth:`official_contenders` tasks that are not the standard
+        ``"train step"`` (the run's jitted train step) and ``"inference"`` (its
+        ``predict_fn``), e.g. one network of the method alone: ``{task: callable}``
+        built from ``trainers`` (``"train"``, ``"infer"``: the run's :class:`Trainer`
+        at the train and the inference batch) on the same ``batches``. Default: none."""
+        del trainers, batches
+        return {}
+
     def evaluation_images(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The images of an evaluation batch that its network input is made of, uint8
         ``(B, H, W, C)`` per batch key: ``image`` (the degraded input), ``clean`` where the

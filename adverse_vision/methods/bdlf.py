@@ -553,6 +553,17 @@ class BDLFMethod(methods.Method):
                                                 nearest=True)[..., 0]
         return images
 
+    def official_contenders(self, checkout, batches):
+        """The official fusion network and loss of a checkout of LiuZhu-CV/BDLFusion
+        (:mod:`adverse_vision.methods.bdlf_official`)."""
+        from adverse_vision.methods import bdlf_official  # pylint: disable=import-outside-toplevel
+        return bdlf_official.contenders(self.cfg, checkout, batches)
+
+    def own_contenders(self, trainers, batches):
+        """The run's fusion network alone, as the official side times its own."""
+        from adverse_vision.methods import bdlf_official  # pylint: disable=import-outside-toplevel
+        return bdlf_official.own(self, trainers, batches)
+
     def make_evaluator(self) -> BDLFEvaluator:
         return BDLFEvaluator(self)
 

@@ -417,6 +417,13 @@ class DepthDehazeMethod(methods.Method):
         del restore
         return self.predict
 
+    def official_contenders(self, checkout, batches):
+        """The official PyTorch ``multi_Net`` of a checkout of
+        DongLiangSXU/Depth-Guidance-dehazing, inference only
+        (:mod:`adverse_vision.methods.depth_dehaze.official`)."""
+        from adverse_vision.methods.depth_dehaze import official  # pylint: disable=import-outside-toplevel
+        return official.contenders(self.cfg, checkout, batches)
+
     def prediction_images(self, outputs, i, to_original):
         images = {}
         if "dehazed" in outputs:

@@ -363,6 +363,12 @@ class DNHLMethod(methods.Method):
             return {}
         return {"_denoised.png": to_original(outputs["denoised"][i], value_range=(0.0, 1.0))}
 
+    def official_contenders(self, checkout, batches):
+        """The official Caffe denoiser of a checkout of Ding-Liu/DeepDenoising, restated
+        in PyTorch from its deploy prototxt (:mod:`adverse_vision.methods.dnhl.official`)."""
+        from adverse_vision.methods.dnhl import official  # pylint: disable=import-outside-toplevel
+        return official.contenders(self.cfg, checkout, batches)
+
     def make_evaluator(self) -> "DNHLEvaluator":
         return DNHLEvaluator(self.task, self.num_classes, self.crop,
                              int(self.cfg.dnhl.psnr_border))
