@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.batch_norm import BatchNorm
-from adverse_vision.models.layers import remat, torch_bias_init, torch_kernel_init
+from adverse_vision.models.layers import Conv, remat, torch_bias_init, torch_kernel_init
 
 Dtype = Any
 
@@ -73,7 +73,7 @@ def check_pair(ir: jax.Array, vis_y: jax.Array) -> None:
 def _conv(features: int, kernel: int, fan_in: int, name: str, dtype: Dtype, param_dtype: Dtype,
           dilation: int = 1, bias: bool = True) -> nn.Conv:
     pad = dilation * (kernel // 2)
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
+    return Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
                    kernel_dilation=(dilation, dilation), use_bias=bias,
                    kernel_init=torch_kernel_init,
                    bias_init=torch_bias_init(fan_in * kernel * kernel),

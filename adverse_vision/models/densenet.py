@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.batch_norm import BatchNorm
-from adverse_vision.models.layers import remat
+from adverse_vision.models.layers import Conv, remat
 
 Dtype = Any
 
@@ -135,7 +135,7 @@ def _bn(train: bool, name: str, dtype: Dtype, param_dtype: Dtype) -> BatchNorm:
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, param_dtype: Dtype,
           stride: int = 1) -> nn.Conv:
     p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
                    use_bias=False, kernel_init=_kernel_init, dtype=dtype,
                    param_dtype=param_dtype, name=name)
 

@@ -90,7 +90,7 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.densenet import DenseNetEncoder, DenseNetLayout, resolve_layout
-from adverse_vision.models.layers import (TorchConvTranspose, remat, torch_bias_init,
+from adverse_vision.models.layers import (Conv, TorchConvTranspose, remat, torch_bias_init,
                                           torch_kernel_init)
 from adverse_vision.models.togethernet import resize_bilinear_align_corners
 
@@ -151,7 +151,7 @@ def _torch_conv(features: int, kernel: int, fan_in: int, name: str, dtype: Dtype
                 param_dtype: Dtype) -> nn.Conv:
     """Biased conv, padding ``kernel // 2``, PyTorch's default initialisers."""
     p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), padding=((p, p), (p, p)),
+    return Conv(features, (kernel, kernel), padding=((p, p), (p, p)),
                    kernel_init=torch_kernel_init,
                    bias_init=torch_bias_init(fan_in * kernel * kernel),
                    dtype=dtype, param_dtype=param_dtype, name=name)
@@ -254,7 +254,7 @@ def _fan_out_conv(features: int, kernel: int, stride: int, padding: int, name: s
     """Biased conv initialised as the official transformer's: normal with variance
     ``2 / (kernel^2 * features / groups)``, zero bias."""
     std = math.sqrt(2.0 / (kernel * kernel * features // groups))
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+    return Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    feature_group_count=groups, kernel_init=nn.initializers.normal(std),
                    bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,

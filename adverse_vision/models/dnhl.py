@@ -79,6 +79,7 @@ import jax.numpy as jnp
 
 from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import (
+    Conv,
     NarrowConv,
     TorchConvTranspose,
     param_count,
@@ -181,7 +182,7 @@ class ResidualBottleneck(nn.Module):
         sizes = (("a", self.hidden, 1), ("b", self.hidden, 3), ("c", x.shape[-1], 1))
         for tag, features, k in sizes:
             p = k // 2
-            y = nn.Conv(features, (k, k), padding=((p, p), (p, p)), use_bias=False,
+            y = Conv(features, (k, k), padding=((p, p), (p, p)), use_bias=False,
                         kernel_init=torch_kernel_init, dtype=self.dtype,
                         param_dtype=self.param_dtype, name=f"branch2{tag}")(y)
             y = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
@@ -248,7 +249,7 @@ class Denoiser(nn.Module):
             kw.setdefault("kernel_init", torch_kernel_init)
             kw.setdefault("bias_init", torch_bias_init(k * k * x.shape[-1]))
             kw.setdefault("dtype", self.dtype)
-            return nn.Conv(features, (k, k), strides=(strides, strides), padding=((p, p), (p, p)),
+            return Conv(features, (k, k), strides=(strides, strides), padding=((p, p), (p, p)),
                            param_dtype=self.param_dtype, name=name, **kw)(x)
 
         def bn(name):
@@ -289,7 +290,7 @@ class Denoiser(nn.Module):
 
 def _vgg_conv(features: int, name: str, dtype: Dtype, param_dtype: Dtype,
               dilation: int = 1) -> nn.Conv:
-    return nn.Conv(features, (3, 3), padding=((dilation, dilation), (dilation, dilation)),
+    return Conv(features, (3, 3), padding=((dilation, dilation), (dilation, dilation)),
                    kernel_dilation=(dilation, dilation), kernel_init=_vgg_conv_init,
                    bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,
                    name=name)
@@ -450,12 +451,12 @@ class DeepLabLargeFOV(nn.Module):
                                         dilation=2 if b == 5 else 1, **kw)
         self.convs = convs
         d = self.dilation
-        self.fc6 = nn.Conv(self.fc_features, (3, 3), padding=((d, d), (d, d)),
+        self.fc6 = Conv(self.fc_features, (3, 3), padding=((d, d), (d, d)),
                            kernel_dilation=(d, d), kernel_init=_vgg_conv_init,
                            bias_init=nn.initializers.zeros, **kw)
-        self.fc7 = nn.Conv(self.fc_features, (1, 1), kernel_init=_vgg_conv_init,
+        self.fc7 = Conv(self.fc_features, (1, 1), kernel_init=_vgg_conv_init,
                            bias_init=nn.initializers.zeros, **kw)
-        self.fc8 = nn.Conv(self.num_classes, (1, 1), kernel_init=_vgg_dense_init,
+        self.fc8 = Conv(self.num_classes, (1, 1), kernel_init=_vgg_dense_init,
                            bias_init=nn.initializers.zeros, dtype=jnp.float32,
                            param_dtype=self.param_dtype)
         self.dropout = nn.Dropout(self.dropout_rate)

@@ -22,6 +22,7 @@ checkpoints map one to one.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,10 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from adverse_vision.models.batch_norm import BatchNorm
+from adverse_vision.ops import tap_conv
 from adverse_vision.ops.conv_transpose import conv_transpose
 from adverse_vision.ops.narrow_conv import narrow_conv
 
 Dtype = Any
+
+#: flax's ``nn.Conv`` with :mod:`adverse_vision.ops.tap_conv`'s kernel gradient (on CPU;
+#: ``lax.conv_general_dilated`` itself elsewhere): same parameters, names and values.
+Conv = functools.partial(nn.Conv, conv_general_dilated=tap_conv.conv_general_dilated)
 
 #: BatchNorm constants of the YOLOX family.
 BN_EPSILON = 1e-3
@@ -121,7 +127,7 @@ class ConvBNAct(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_activation(self.act)
         groups = x.shape[-1] if self.depthwise else self.groups
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
             strides=(self.strides, self.strides),

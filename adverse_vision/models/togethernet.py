@@ -70,6 +70,7 @@ import numpy as np
 
 from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import (
+    Conv,
     ConvBNAct,
     NarrowConv,
     TorchConvTranspose,
@@ -182,7 +183,7 @@ def avg_pool_floor(x: jax.Array, factor: int) -> jax.Array:
 def _conv(features, kernel_size, dtype, param_dtype, name, fan_in):
     """Biased conv with PyTorch's default initialisers and symmetric ``k // 2`` padding."""
     p = kernel_size // 2
-    return nn.Conv(
+    return Conv(
         features, (kernel_size, kernel_size), padding=((p, p), (p, p)), use_bias=True,
         kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in * kernel_size ** 2),
         dtype=dtype, param_dtype=param_dtype, name=name,

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.layers import (
+    Conv,
     ConvBNAct,
     CSPLayer,
     Focus,
@@ -268,7 +269,7 @@ class YOLOXHead(nn.Module):
         # The three 1x1 prediction convs are cheap and run in float32, so logits and
         # box offsets carry no bf16 rounding into the losses and the decoding.
         def pred(features, name, bias_init):
-            return nn.Conv(
+            return Conv(
                 features, (1, 1), use_bias=True, kernel_init=torch_kernel_init,
                 bias_init=bias_init, dtype=jnp.float32, param_dtype=self.param_dtype, name=name,
             )

@@ -12,7 +12,10 @@ output phase ``a`` (``o = s m + a``) is a small convolution of the undilated inp
 output ``o`` receives ``x[i] W[k]`` for ``o = s i - p + k``, i.e. input ``m + d`` with
 ``d = (a + p - k) / s`` for the taps ``k = a + p (mod s)``. All phases share one
 ``D x D`` window (``D`` = the range of ``d``), so the whole operation is one ordinary
-convolution to ``s * s * out`` channels followed by a depth-to-space shuffle.
+convolution to ``s * s * out`` channels followed by a depth-to-space shuffle. Each phase
+is computed as its own convolution over only the offsets it reads (for a 4x4 stride-2
+kernel, 2x2 of the 3x3 shared window; for a 3x3 one, 1x1, 1x2, 2x1 and 2x2), which
+skips the zero taps of the shared window: 4/9 and 9/16 of its multiplications.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from adverse_vision.ops import tap_conv
 
 __all__ = ["conv_transpose", "phase_taps"]
 
@@ -72,10 +77,22 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
     x = _pad_or_crop(x, 1, -lo, rows - 1 + window + lo - h)
     x = _pad_or_crop(x, 2, -lo, cols - 1 + window + lo - w)
     t = jnp.asarray(taps, kernel.dtype)
-    phases = jnp.einsum("yak,xbl,kloi->yxiabo", t, t, kernel, precision=lax.Precision.HIGHEST)
-    phases = phases.reshape(window, window, cin, stride * stride * cout).astype(x.dtype)
-    y = lax.conv_general_dilated(x, phases, (1, 1), "VALID",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y.reshape(b, rows, cols, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(b, rows * stride, cols * stride, cout)
+    phases = jnp.einsum("yak,xbl,kloi->yxabio", t, t, kernel, precision=lax.Precision.HIGHEST)
+    phases = phases.astype(x.dtype)
+    spans = [_span(taps[:, a]) for a in range(stride)]  # offsets each phase reads
+    out = []
+    for a, (r0, r1) in enumerate(spans):
+        for c, (c0, c1) in enumerate(spans):
+            part = x[:, r0:r1 - 1 + rows, c0:c1 - 1 + cols]
+            out.append(tap_conv.conv_general_dilated(
+                part, phases[r0:r1, c0:c1, a, c], (1, 1), "VALID",
+                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    y = jnp.stack(out, axis=3).reshape(b, rows, cols, stride, stride, cout)
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, rows * stride, cols * stride, cout)
     return y[:, :out_h, :out_w]
+
+
+def _span(phase_taps_: np.ndarray) -> tuple[int, int]:
+    """``[first, last + 1)`` of the window offsets one output phase reads."""
+    used = np.flatnonzero(phase_taps_.any(axis=1))
+    return int(used[0]), int(used[-1]) + 1

@@ -1,0 +1,82 @@
+"""tap_conv: lax.conv_general_dilated with the kernel gradient per kernel row on CPU."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from adverse_vision.models.layers import Conv
+from adverse_vision.ops import tap_conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _grads(conv, x, w, **kw):
+    def loss(x, w):
+        return jnp.sum(jnp.sin(conv(x, w, dimension_numbers=NHWC, **kw)))
+    return jax.value_and_grad(loss, (0, 1))(x, w)
+
+
+@pytest.mark.parametrize("k, cin, strides, padding, dilation", [
+    (3, 64, (1, 1), "SAME", (1, 1)),          # the row form
+    (1, 24, (1, 1), "VALID", (1, 1)),         # one matrix product
+    (3, 64, (1, 1), ((2, 2), (2, 2)), (2, 2)),  # dilated (BDLF's dense blocks)
+    (3, 64, (1, 1), ((2, 1), (0, 3)), (1, 1)),  # uneven padding
+    (4, 3, (1, 1), "VALID", (1, 1)),           # few input channels: XLA's gradient
+    (3, 64, (2, 2), ((1, 1), (1, 1)), (1, 1)),  # stride 2: XLA's gradient
+])
+def test_values_and_both_gradients_equal_lax(k, cin, strides, padding, dilation):
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (8, 11, 13, cin))
+    w = jax.random.normal(kw, (k, k, cin, 7)) / k
+    args = dict(window_strides=strides, padding=padding, rhs_dilation=dilation)
+    (want, (dx, dw)) = _grads(lax.conv_general_dilated, x, w, **args)
+    (got, (gx, gw)) = _grads(tap_conv.conv_general_dilated, x, w, **args)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(gx, dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw, dw, rtol=1e-5, atol=1e-4)
+    uses_rows = tap_conv._rows_win(w.shape, strides, 8 * 11 * 13)  # pylint: disable=protected-access
+    assert uses_rows == (strides == (1, 1) and (cin >= 64 or k == 1))
+
+
+def test_small_problems_keep_xla_gradient():
+    assert not tap_conv._rows_win((3, 3, 512, 512), (1, 1), 400)  # pylint: disable=protected-access
+    assert tap_conv._rows_win((1, 1, 512, 512), (1, 1), 400)  # pylint: disable=protected-access
+
+
+def test_the_row_form_is_what_runs_on_cpu():
+    """The kernel gradient's program differs from XLA's own where the row form wins (a
+    stack of per-row matrix products, no convolution for the kernel gradient)."""
+    x = jnp.ones((16, 8, 8, 64))
+    w = jnp.ones((3, 3, 64, 8))
+
+    def kernel_grad(conv):
+        return jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv(
+            x, w, (1, 1), "SAME", dimension_numbers=NHWC)), 0))(w)
+
+    ours = str(kernel_grad(tap_conv.conv_general_dilated))
+    assert "dot_general" in ours and str(kernel_grad(lax.conv_general_dilated)).count(
+        "dot_general") == 0
+
+
+def test_other_layouts_and_groups_are_lax_itself():
+    x = jax.random.normal(jax.random.key(1), (2, 4, 9, 9))
+    w = jax.random.normal(jax.random.key(2), (6, 2, 3, 3))
+    for kw in (dict(), dict(feature_group_count=2)):
+        args = (x, w if kw else w[:, :2].repeat(2, 1), (1, 1), "SAME")
+        np.testing.assert_array_equal(tap_conv.conv_general_dilated(*args, **kw),
+                                      lax.conv_general_dilated(*args, **kw))
+
+
+def test_conv_layer_keeps_flax_parameters_and_values():
+    x = jax.random.normal(jax.random.key(3), (2, 10, 10, 16))
+    ours, plain = Conv(8, (3, 3), name="c"), nn.Conv(8, (3, 3), name="c")
+    v = plain.init(jax.random.key(4), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(4), x)) == jax.tree.map(jnp.shape, v)
+    np.testing.assert_allclose(ours.apply(v, x), plain.apply(v, x), rtol=1e-6)
+    g_ours = jax.grad(lambda v: jnp.sum(ours.apply(v, x) ** 2))(v)
+    g_plain = jax.grad(lambda v: jnp.sum(plain.apply(v, x) ** 2))(v)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4),
+                 g_ours, g_plain)
