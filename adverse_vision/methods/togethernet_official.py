@@ -17,6 +17,7 @@ of this project.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import numpy as np
@@ -45,9 +46,8 @@ def _targets(torch, batch: dict[str, np.ndarray]) -> list:
     return out
 
 
-def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
-               ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """``({"train step": fn, "inference": fn}, info)`` (see the module docstring)."""
+def _build(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]):
+    """The official network, loss, optimiser and inputs (see the module docstring)."""
     size = cfg.model.size
     if cfg.model.depth > 0 or cfg.model.width > 0 or size not in PHIS:
         raise OfficialUnavailable(f"the official network has the sizes {PHIS}; this config "
@@ -63,8 +63,6 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     torch = versus.import_torch()
     (yolo_body,) = versus.import_from_checkout(checkout, "nets.yolo", ["YoloBody"])
     (yolo_loss,) = versus.import_from_checkout(checkout, "nets.yolo_training", ["YOLOLoss"])
-    decode, nms = versus.import_from_checkout(checkout, "utils.utils_bbox",
-                                              ["decode_outputs", "non_max_suppression"])
     num_classes = len(cfg.data.class_names)
     torch.manual_seed(cfg.seed)
     model = yolo_body(num_classes, size)
@@ -75,15 +73,30 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     both = torch.cat([_nchw(torch, train["image"]), clear], 0)
     targets = _targets(torch, train)
 
-    def train_step():
+    def train_step(ranges: bool = False):
+        def scope(name):
+            return torch.profiler.record_function(f"user::{name}") if ranges \
+                else contextlib.nullcontext()
         model.train()
-        optimizer.zero_grad()
+        with scope("optimizer"):
+            optimizer.zero_grad()
         outputs = model(both)
-        loss = 0.2 * detection_loss(outputs[0], targets) + 0.8 * mse(outputs[1], clear)
+        with scope("loss"):
+            loss = 0.2 * detection_loss(outputs[0], targets) + 0.8 * mse(outputs[1], clear)
         loss.backward()
-        optimizer.step()
+        with scope("optimizer"):
+            optimizer.step()
         loss.item()
 
+    return torch, model, train_step, num_classes
+
+
+def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
+               ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """``({"train step": fn, "inference": fn}, info)`` (see the module docstring)."""
+    torch, model, train_step, num_classes = _build(cfg, checkout, batches)
+    decode, nms = versus.import_from_checkout(checkout, "utils.utils_bbox",
+                                              ["decode_outputs", "non_max_suppression"])
     images = _nchw(torch, batches["infer"]["image"])
     shape = list(images.shape[-2:])
 
@@ -97,3 +110,45 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
     return {"train step": train_step, "inference": inference}, info
+
+
+#: Stages of the profile, in the order of a step.
+STAGES = ("backbone", "DTFE", "neck", "head", "decoder")
+_OURS = {"backbone": "backbone", "dtfe": "DTFE", "neck": "neck", "head": "head",
+         "decoder": "decoder"}
+
+
+def _our_stage(direction: str, path: tuple[str, ...]) -> str:
+    if direction == "update":
+        return "optimizer"
+    if path and path[0] in _OURS:
+        return f"{_OURS[path[0]]} {direction}"
+    return "loss" if direction == "forward" else "loss backward"
+
+
+def stage_profile(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]], trainer
+                  ) -> dict[str, dict[str, float]]:
+    """Seconds per stage of one train step (backbone, DTFE, neck, head, decoder forward
+    and backward; the loss, SimOTA included, and its backward; the optimiser) of the
+    official network (``torch.profiler``) and ours (XLA's operation trace); see
+    :mod:`adverse_vision.stage_profile`."""
+    from adverse_vision import parallel, stage_profile as profile  # pylint: disable=import-outside-toplevel
+    torch, model, train_step, _ = _build(cfg, checkout, batches)
+    body, pafpn = model.backbone.backbone, model.backbone
+    neck = ["lateral_conv0", "C3_p4", "reduce_conv1", "C3_p3", "bu_conv2", "C3_n3",
+            "bu_conv1", "C3_n4", "sc1", "sc2", "sc3", "upsample"]
+    modules = {"backbone": [getattr(body, n) for n in ("stem", "dark2", "dark3", "dark4", "dark5")],
+               "DTFE": [body.deconv, body.swt1],
+               "neck": [getattr(pafpn, n) for n in neck],
+               "decoder": [pafpn.decoder], "head": [model.head]}
+    official = profile.torch_stage_seconds(torch, lambda: train_step(ranges=True), modules)
+    batch = parallel.global_batch(batches["train"], trainer.mesh)
+    compiled = trainer.train_step.lower(trainer.init_state(), batch).compile()
+    ours = profile.xla_stage_seconds(compiled, lambda: (trainer.init_state(), batch), _our_stage)
+    return {"official": official, "ours": ours}
+
+
+def stage_order() -> list[str]:
+    """The profile's rows in the order of a step."""
+    return ([f"{s} forward" for s in STAGES] + ["loss", "loss backward"]
+            + [f"{s} backward" for s in reversed(STAGES)] + ["optimizer", "other"])
