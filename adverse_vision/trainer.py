@@ -50,6 +50,7 @@ from adverse_vision.data import factory as data_factory
 from adverse_vision.data.problems import DataError
 from adverse_vision.logs import MetricWriter, Progress
 from adverse_vision.models.batch_norm import per_device_statistics
+from adverse_vision.ops import tap_conv
 from adverse_vision.state import TrainState, abstract_state, create_state, make_optimizer
 
 log = logging.getLogger("adverse_vision")
@@ -158,9 +159,11 @@ class Trainer:
     def _step(self, state: TrainState, batch: dict[str, jax.Array], variant: Any = None):
         # Traced under the mesh, so per-sample operations can run on each device's rows
         # (adverse_vision.ops.per_device), and so can BatchNorm's statistics with
-        # model.bn_sync=False (adverse_vision.models.batch_norm).
+        # model.bn_sync=False (adverse_vision.models.batch_norm); convolution kernel
+        # gradients in the form fastest on CPU (adverse_vision.ops.tap_conv).
         with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), \
-                per_device_statistics(not self.cfg.model.bn_sync):
+                per_device_statistics(not self.cfg.model.bn_sync), \
+                tap_conv.kernel_gradients_by_rows():
             return self._step_on_mesh(state, batch, variant)
 
     def _step_on_mesh(self, state: TrainState, batch: dict[str, jax.Array], variant: Any):

@@ -36,6 +36,7 @@ import optax
 from adverse_vision import parallel, versus
 from adverse_vision.errors import OfficialUnavailable
 from adverse_vision.losses.fusion import fusion_loss
+from adverse_vision.ops import tap_conv
 
 TASKS = ("fusion train step", "fusion inference")
 #: The official optimiser of the fusion network (``Architect``: SGD, no momentum).
@@ -132,6 +133,7 @@ def own(method, trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarra
     ssim_weight = float(method.cfg.bdlf.ssim_weight)
 
     @jax.jit
+    @tap_conv.kernel_gradients_by_rows()
     def step(theta, opt_state, batch):
         def loss_fn(theta):
             return fusion_loss(method._fuse(theta, batch), method._target(batch),  # pylint: disable=protected-access

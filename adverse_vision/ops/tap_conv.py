@@ -10,15 +10,20 @@ same gradients take 0.73 s and 0.05 s. Which form wins depends on the shape (see
 ``_rows_win``); elsewhere XLA's own gradient runs.
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature, so a flax
-``nn.Conv(conv_general_dilated=...)`` takes it (see ``models.layers.Conv``). On CPU, for
-NHWC inputs and HWIO kernels without input dilation or feature groups, its forward
-pass and its input gradient are XLA's own; only the kernel gradient is computed per
-row where that form wins. Everywhere else (other backends, other layouts) it is ``lax.conv_general_dilated``
+``nn.Conv(conv_general_dilated=...)`` takes it (see ``models.layers.Conv``). Inside
+:func:`kernel_gradients_by_rows` (the trainer's train step enters it), on CPU, for NHWC
+inputs and HWIO kernels without input dilation or feature groups, its forward pass and
+its input gradient are XLA's own; only the kernel gradient is computed per row where
+that form wins. The form is a ``jax.custom_vjp``, which forward-mode differentiation
+(``jax.jvp``, ``jax.jacfwd``) cannot pass through; outside the context, and so in any
+user code, the convolution is ``lax.conv_general_dilated`` and every transform works. Everywhere else (other backends, other layouts) it is ``lax.conv_general_dilated``
 itself. Results equal XLA's up to float32 summation order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any, Optional, Sequence, Union
 
@@ -26,7 +31,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated"]
+__all__ = ["conv_general_dilated", "kernel_gradients_by_rows"]
+
+_BY_ROWS = contextvars.ContextVar("kernel_gradients_by_rows", default=False)
+
+
+@contextlib.contextmanager
+def kernel_gradients_by_rows(enabled: bool = True):
+    """Convolutions traced inside take the row form of the kernel gradient (on CPU,
+    where it wins): for reverse-mode code only, such as a train step."""
+    token = _BY_ROWS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _BY_ROWS.reset(token)
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
@@ -99,14 +117,14 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-    """``lax.conv_general_dilated``, with the kernel gradient per tap on CPU (see the
-    module docstring for when)."""
+    """``lax.conv_general_dilated``, with the kernel gradient per row on CPU inside
+    :func:`kernel_gradients_by_rows` (see the module docstring for when)."""
     plain = functools.partial(
         lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type)
-    if (jax.default_backend() != "cpu" or lhs.ndim != 4 or feature_group_count != 1
+    if (not _BY_ROWS.get() or jax.default_backend() != "cpu" or lhs.ndim != 4 or feature_group_count != 1
             or batch_group_count != 1 or preferred_element_type is not None
             or any(d != 1 for d in (lhs_dilation or (1, 1)))
             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC):
