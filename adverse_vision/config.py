@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.val_annotations = ""
     c.data.tfds_name = ""
     c.data.class_map = ml_collections.ConfigDict()  # dataset name -> config class name
+    # voc, tfds, m3fd: train on objects flagged difficult (False: drop them from the
+    # training labels, as some official pipelines do); evaluation always
+    # keeps them, flagged, and ignores them
+    c.data.train_difficult = True
     c.data.max_boxes = 50
     c.data.num_workers = 2
     c.data.degrade = _degrade("haze", A=(0.5, 0.5), beta=(0.05, 0.14))

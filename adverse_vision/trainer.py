@@ -239,11 +239,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- eval
     def evaluate(self, variables: dict[str, Any], pipeline,
-                 predict: Optional[Callable] = None) -> tuple[dict[str, float], Any]:
+                 predict: Optional[Callable] = None,
+                 evaluator: Any = None) -> tuple[dict[str, float], Any]:
         """One pass over an evaluation pipeline; returns (metrics, evaluator).
         ``predict(batch) -> outputs`` replaces the method's prediction with
-        ``variables`` (a method's own comparisons, e.g. of several denoisers)."""
-        evaluator = self.method.make_evaluator()
+        ``variables`` (a method's own comparisons, e.g. of several denoisers);
+        ``evaluator`` the method's (``make_evaluator()``)."""
+        evaluator = self.method.make_evaluator() if evaluator is None else evaluator
         with contextlib.closing(iter(pipeline)) as batches:  # stops its worker processes
             for local in batches:
                 batch = parallel.global_batch(local, self.mesh)

@@ -2,7 +2,7 @@ r"""Time an official implementation and ours side by side, interleaved, in one p
 
   python -m adverse_vision.versus --config CONFIG [--config.key=value ...] \
       --official CHECKOUT [--infer_batch 1 --infer_size 640] [--rounds 7] [--warmup 2] \
-      [--json out.json] [--profile]
+      [--json out.json]
 
 Given a checkout of the method's official repository and an installed PyTorch, the
 run's method builds the official network (and its loss and optimiser, for a train
@@ -21,10 +21,6 @@ falls on both, and ``--settle`` seconds (1) of untimed rest come before every ti
 call, so that the thread pools of the side that ran last are idle when the next starts. Reported per task: the median and the range of each side's seconds
 and the ratio official / ours of the medians with the range of the per-round ratios
 (above 1: ours is faster). Absolute times are for the record; the ratio is the result.
-
-``--profile`` instead prints where one train step's time goes, stage by stage, on
-each side (``Method.stage_profile``, :mod:`adverse_vision.stage_profile`: XLA's
-operation trace for ours, ``torch.profiler`` for the official side).
 
 Without PyTorch or without the checkout, one line says what is missing. Our side runs
 exactly as ``bench`` times it: the jitted train step (its state carried from call to
@@ -214,18 +210,6 @@ def _sides(cfg, infer_batch: int = 0, infer_size: int = 0):
     return trainers, {k: t.first_batch() for k, t in trainers.items()}
 
 
-def profile(cfg, checkout: str) -> str:
-    """A Markdown table of the method's stage profile of one train step, both sides
-    (``Method.stage_profile``; :mod:`adverse_vision.stage_profile`).
-
-    Raises:
-      OfficialUnavailable: as :func:`compare`, or the method has no stage profile."""
-    from adverse_vision import stage_profile  # pylint: disable=import-outside-toplevel
-    trainers, batches = _sides(cfg)
-    sides, order = trainers["train"].method.stage_profile(checkout, batches, trainers)
-    return stage_profile.table(sides, order)
-
-
 def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: int = 0,
             infer_size: int = 0, settle_s: float = 1.0) -> tuple[list[TaskResult], dict[str, Any]]:
     """Builds both sides (see the module docstring) and times them interleaved.
@@ -262,8 +246,6 @@ def _define_flags():
     flags.DEFINE_integer("infer_size", 0, "Inference image size (0: the config's).")
     flags.DEFINE_float("settle", 1.0, "Seconds of rest, untimed, before each timed call.")
     flags.DEFINE_string("json", None, "Also write every time and ratio here.")
-    flags.DEFINE_bool("profile", False, "Instead of the timing: one train step of each "
-                      "side, stage by stage (methods with a stage profile).")
     flags.mark_flags_as_required(["config", "official"])
 
 
@@ -273,13 +255,6 @@ def main() -> int:
     if f.json is not None:
         cli.check_path(f.json, "--json", kind="file")
     cli.check_path(f.official, "--official", write=False)
-    if f.profile:
-        try:
-            print(profile(f.config, f.official))
-        except OfficialUnavailable as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
     try:
         results, info = compare(f.config, f.official, f.rounds, f.warmup, f.infer_batch,
                                 f.infer_size, f.settle)

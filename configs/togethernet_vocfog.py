@@ -11,7 +11,9 @@ given by ``--config.data.root``, the 5 classes person, bicycle, car, motorbike, 
 image is fogged when it is loaded, by the VOC-FOG recipe: the atmospheric
 scattering model with A = 0.5, beta drawn from [0.05, 0.14] and the centre-distance
 depth (the images have no depth map); validation fog is the same in every
-evaluation. The clear image is the restoration target.
+evaluation. The clear image is the restoration target. As in the official pipeline
+(its ``voc_annotation.py``), objects flagged difficult are left out of the training
+labels (``data.train_difficult=False``); evaluation keeps them, ignored by the mAP.
 
 Recipe (the official one, at 640 px and batch 8): SGD, Nesterov momentum 0.937,
 weight decay 5e-4 on kernels, lr 0.01 x batch / 64, 3 % quadratic warm-up, cosine to
@@ -79,6 +81,7 @@ def get_config(arg: str = ""):
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.max_boxes = 50
+    c.data.train_difficult = False  # the official training labels leave them out
     c.data.num_workers = 4
     c.data.degrade = _haze()
     c.data.val_degrade = _haze()

@@ -123,3 +123,24 @@ def test_a_method_with_a_report_of_its_own(tmp_path):
     assert lines[0].startswith("checkpoint step 0 (best), evaluation val: split val")
     assert lines[1].startswith("DN-HL stage high\n") and "top-1 %" in lines[1]
     assert json.loads(lines[2]) == record
+
+
+def test_voc_format_data_also_gets_the_official_tools_number(tmp_path):
+    """On VOC-format data, evaluate reports TogetherNet's official tool's mAP beside ours
+    (integer boxes, truncated predictions) and prints its table; other data does not."""
+    from tests.data.test_voc import make_voc  # pylint: disable=import-outside-toplevel
+    root = make_voc(tmp_path / "voc", {
+        "000001": ((64, 48), [("person", 0, (11, 6, 40, 45)), ("car", 1, (1, 1, 60, 30))]),
+        "000002": ((48, 64), [("bus", 0, (5, 5, 40, 60))])}, image_set="test")
+    cfg = smoke_config()
+    cfg.evals = ml_collections.ConfigDict({
+        "voc": config_lib.eval_entry(split="test", name="voc", root=root, val_degrade={"name": "none"}),
+        "scenes": config_lib.eval_entry()})
+    cfg.best_eval = "scenes"
+    path = write_workdir(str(tmp_path / "run"), cfg)
+    lines = []
+    records = {r["eval"]: r for r in evaluate.evaluate_workdir(path, "latest", write=lines.append)}
+    official = records["voc"]["mAP_official_tool"]  # an untrained network: any value, or none
+    assert official is None or 0.0 <= official <= 1.0
+    assert "mAP_official_tool" not in records["scenes"]
+    assert sum("official tool" in line for line in lines) == 1

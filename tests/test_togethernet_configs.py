@@ -90,6 +90,22 @@ def _small(cfg, root):
     return methods.validate(cfg)
 
 
+def test_vocfog_trains_without_difficult_objects_and_evaluates_with_them(tmp_path):
+    root = tmp_path / "VOC2007"
+    objects = [("person", 0, (11, 6, 40, 60)), ("car", 1, (50, 20, 95, 60))]
+    for image_set in ("train", "val"):
+        make_voc(root, {"000001": ((96, 64), objects)}, image_set=image_set)
+    cfg = _small(togethernet_vocfog.get_config(), str(root))
+    assert cfg.data.train_difficult is False
+    data = factory.DataBundle(cfg, per_host_batch=2)
+    train, val = data.source("train")[0], data.source("val")[0]
+    assert train["classes"].tolist() == [0] and train["difficult"].tolist() == [False]
+    assert val["classes"].tolist() == [0, 2] and val["difficult"].tolist() == [False, True]
+    cfg.data.train_difficult = True  # the project's default elsewhere
+    train = factory.DataBundle(cfg, per_host_batch=2).source("train")[0]
+    assert train["classes"].tolist() == [0, 2] and train["difficult"].tolist() == [False, True]
+
+
 def _real(batch, i):
     """The real (unpadded) pixels of sample ``i`` of a letterboxed batch."""
     ox, oy = (int(v) for v in batch["offset"][i])

@@ -248,11 +248,3 @@ def test_restated_caffe_layers_run_in_pytorch():
     bad = dnhl_official.parse_prototxt('layer { name: "p" type: "Pooling" bottom: "data" top: "p" }')
     with pytest.raises(OfficialUnavailable, match="'p' has type 'Pooling'"):
         dnhl_official.build_network(torch, bad, x)
-
-
-def test_a_method_without_a_stage_profile_says_so(tmp_path):
-    with pytest.raises(OfficialUnavailable, match="method 'detection' has no stage profile"):
-        versus.profile(smoke_config(batch_size=8), str(tmp_path))
-    cfg = togethernet_scenes.get_config("smoke")
-    with pytest.raises(OfficialUnavailable, match="has the sizes"):  # the same checks as timing
-        versus.profile(cfg, str(tmp_path))

@@ -38,6 +38,12 @@ def _count(d, split: str) -> int:
     return d.num_train if split == "train" else d.num_val
 
 
+def _keep_difficult(d, split: str) -> bool:
+    """Objects flagged difficult stay in every evaluation split (ignored by the mAP),
+    and in the training split unless ``data.train_difficult`` is False."""
+    return split != "train" or bool(d.train_difficult)
+
+
 # ------------------------------------------------------------------ detection sources
 def scenes(bundle, d, split, problems):
     """The embedded street scenes: boxes, depth, thermal image and class masks."""
@@ -52,7 +58,8 @@ def voc(bundle, d, split, problems):
     from adverse_vision.data.voc import VOCSource  # pylint: disable=import-outside-toplevel
     return VOCSource(d.root, image_set=bundle.split_name(d, split),
                      class_names=tuple(d.class_names), class_map=dict(plain(d.class_map)) or None,
-                     policy=bundle.policy, problems=problems)
+                     keep_difficult=_keep_difficult(d, split), policy=bundle.policy,
+                     problems=problems)
 
 
 @reads_root
@@ -68,7 +75,8 @@ def tfds(bundle, d, split, problems):
     from adverse_vision.data.tfds_source import TFDSSource  # pylint: disable=import-outside-toplevel
     return TFDSSource(d.tfds_name, bundle.split_name(d, split), data_dir=d.root or None,
                       class_names=tuple(d.class_names), class_map=dict(plain(d.class_map)) or None,
-                      policy=bundle.policy, problems=problems)
+                      keep_difficult=_keep_difficult(d, split), policy=bundle.policy,
+                      problems=problems)
 
 
 # ------------------------------------------------------------------ dense sources
@@ -145,8 +153,9 @@ def voc_seg(bundle, d, split, problems):
 def m3fd(bundle, d, split, problems):
     from adverse_vision.data import fusion_pairs  # pylint: disable=import-outside-toplevel
     return fusion_pairs.M3FDSource(d.root, bundle.split_name(d, split),
-                                   class_names=tuple(d.class_names), policy=bundle.policy,
-                                   problems=problems)
+                                   class_names=tuple(d.class_names),
+                                   keep_difficult=_keep_difficult(d, split),
+                                   policy=bundle.policy, problems=problems)
 
 
 @reads_root

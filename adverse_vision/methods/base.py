@@ -202,17 +202,6 @@ class Method:
         raise OfficialUnavailable(f"method {self.name!r} has no official implementation to "
                                   "time against")
 
-    def stage_profile(self, checkout: str, batches: dict[str, dict[str, Any]],
-                      trainers: dict[str, Any]) -> tuple[dict[str, dict[str, float]], list[str]]:
-        """Where one train step's time goes, per stage, on the official side and ours
-        (``python -m adverse_vision.versus --profile``): ``({"official": {stage:
-        seconds}, "ours": {...}}, the stages in step order)``.
-
-        Raises:
-          OfficialUnavailable: the method has no stage profile (the default)."""
-        del checkout, batches, trainers
-        raise OfficialUnavailable(f"method {self.name!r} has no stage profile")
-
     def own_contenders(self, trainers: dict[str, Any], batches: dict[str, dict[str, Any]]
                        ) -> dict[str, Callable[[], Any]]:
         """Our side of the :meth:`official_contenders` tasks that are not the standard

@@ -21,7 +21,7 @@ from adverse_vision import methods
 from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.data import catalog
 from adverse_vision.losses.detection import yolox_loss
-from adverse_vision.metrics.detection import VOCEvaluator
+from adverse_vision.metrics.detection import VOCEvaluator, official_tool
 from adverse_vision.models.yolox import YOLOX
 from adverse_vision.ops import boxes as box_ops
 from adverse_vision.ops.nms import postprocess
@@ -169,26 +169,53 @@ class DetectionMethod(methods.Method):
     def make_evaluator(self) -> "DetectionEvaluator":
         return DetectionEvaluator(self.cfg.data.class_names)
 
+    def report(self, trainer, variables, bundle, entry, options):
+        """``evaluate``'s metrics and table; on VOC-format data (``data.name`` "voc")
+        with the official tool's number beside ours (``mAP_official_tool``)."""
+        if bundle.data_config(entry).name != "voc":
+            return super().report(trainer, variables, bundle, entry, options)
+        metrics, evaluator = trainer.evaluate(
+            variables, bundle.eval_pipeline(entry),
+            evaluator=self.make_evaluator().with_official_tool())
+        return metrics, evaluator.table()
+
     @property
     def detects(self) -> bool:
         return True
 
 
 class DetectionEvaluator:
-    """VOC mAP@0.5 (all-point, difficult ignored) over padded batches."""
+    """VOC mAP@0.5 (all-point, difficult ignored) over padded batches; with
+    :meth:`with_official_tool`, also the number TogetherNet's official tool gives
+    (``mAP_official_tool``, for VOC-format data)."""
 
     def __init__(self, class_names):
         # Sources give continuous 0-based boxes (VOC's 1-based inclusive ones shifted), on
         # which plain IoU equals the VOC devkit's "+1" IoU on the raw XML values.
         self.voc = VOCEvaluator(len(class_names), class_names=tuple(class_names),
                                 pixel_offset=0.0)
+        self.official = None
+
+    def with_official_tool(self) -> "DetectionEvaluator":
+        """Also scores as the official tool does (:func:`metrics.detection.official_tool`:
+        integer boxes, predictions truncated); returns self."""
+        self.official = official_tool(self.voc.num_classes, self.voc.class_names)
+        return self
 
     def add(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
         self.voc.update(outputs, batch)
+        if self.official is not None:
+            self.official.update(outputs, batch)
 
     def compute(self) -> dict[str, float]:
-        result = self.voc.compute()
-        return {"mAP": float(result["mAP"])}
+        result = {"mAP": float(self.voc.compute()["mAP"])}
+        if self.official is not None:
+            result["mAP_official_tool"] = float(self.official.compute()["mAP"])
+        return result
 
     def table(self) -> str:
-        return self.voc.table()
+        if self.official is None:
+            return self.voc.table()
+        return (self.voc.table() + "\n\nAs TogetherNet's official tool scores it (get_map.py: "
+                "the XML's integer boxes, predicted boxes truncated to integers, the +1 "
+                "pixel rule), for comparison with published tables:\n" + self.official.table())

@@ -208,13 +208,6 @@ class TogetherNetMethod(DetectionMethod):
         from adverse_vision.methods import togethernet_official  # pylint: disable=import-outside-toplevel
         return togethernet_official.contenders(self.cfg, checkout, batches)
 
-    def stage_profile(self, checkout, batches, trainers):
-        """One train step of the official network and ours, stage by stage
-        (:func:`adverse_vision.methods.togethernet_official.stage_profile`)."""
-        from adverse_vision.methods import togethernet_official  # pylint: disable=import-outside-toplevel
-        return (togethernet_official.stage_profile(self.cfg, checkout, batches, trainers["train"]),
-                togethernet_official.stage_order())
-
 
 def real_region(scale: float, offset, orig_size, size: int) -> tuple[slice, slice]:
     """Rows and columns of the real pixels of a letterboxed ``size`` x ``size`` image

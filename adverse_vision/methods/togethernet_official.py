@@ -17,7 +17,6 @@ of this project.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import numpy as np
@@ -73,19 +72,13 @@ def _build(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]):
     both = torch.cat([_nchw(torch, train["image"]), clear], 0)
     targets = _targets(torch, train)
 
-    def train_step(ranges: bool = False):
-        def scope(name):
-            return torch.profiler.record_function(f"user::{name}") if ranges \
-                else contextlib.nullcontext()
+    def train_step():
         model.train()
-        with scope("optimizer"):
-            optimizer.zero_grad()
+        optimizer.zero_grad()
         outputs = model(both)
-        with scope("loss"):
-            loss = 0.2 * detection_loss(outputs[0], targets) + 0.8 * mse(outputs[1], clear)
+        loss = 0.2 * detection_loss(outputs[0], targets) + 0.8 * mse(outputs[1], clear)
         loss.backward()
-        with scope("optimizer"):
-            optimizer.step()
+        optimizer.step()
         loss.item()
 
     return torch, model, train_step, num_classes
@@ -110,45 +103,3 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
     return {"train step": train_step, "inference": inference}, info
-
-
-#: Stages of the profile, in the order of a step.
-STAGES = ("backbone", "DTFE", "neck", "head", "decoder")
-_OURS = {"backbone": "backbone", "dtfe": "DTFE", "neck": "neck", "head": "head",
-         "decoder": "decoder"}
-
-
-def _our_stage(direction: str, path: tuple[str, ...]) -> str:
-    if direction == "update":
-        return "optimizer"
-    if path and path[0] in _OURS:
-        return f"{_OURS[path[0]]} {direction}"
-    return "loss" if direction == "forward" else "loss backward"
-
-
-def stage_profile(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]], trainer
-                  ) -> dict[str, dict[str, float]]:
-    """Seconds per stage of one train step (backbone, DTFE, neck, head, decoder forward
-    and backward; the loss, SimOTA included, and its backward; the optimiser) of the
-    official network (``torch.profiler``) and ours (XLA's operation trace); see
-    :mod:`adverse_vision.stage_profile`."""
-    from adverse_vision import parallel, stage_profile as profile  # pylint: disable=import-outside-toplevel
-    torch, model, train_step, _ = _build(cfg, checkout, batches)
-    body, pafpn = model.backbone.backbone, model.backbone
-    neck = ["lateral_conv0", "C3_p4", "reduce_conv1", "C3_p3", "bu_conv2", "C3_n3",
-            "bu_conv1", "C3_n4", "sc1", "sc2", "sc3", "upsample"]
-    modules = {"backbone": [getattr(body, n) for n in ("stem", "dark2", "dark3", "dark4", "dark5")],
-               "DTFE": [body.deconv, body.swt1],
-               "neck": [getattr(pafpn, n) for n in neck],
-               "decoder": [pafpn.decoder], "head": [model.head]}
-    official = profile.torch_stage_seconds(torch, lambda: train_step(ranges=True), modules)
-    batch = parallel.global_batch(batches["train"], trainer.mesh)
-    compiled = trainer.train_step.lower(trainer.init_state(), batch).compile()
-    ours = profile.xla_stage_seconds(compiled, lambda: (trainer.init_state(), batch), _our_stage)
-    return {"official": official, "ours": ours}
-
-
-def stage_order() -> list[str]:
-    """The profile's rows in the order of a step."""
-    return ([f"{s} forward" for s in STAGES] + ["loss", "loss backward"]
-            + [f"{s} backward" for s in reversed(STAGES)] + ["optimizer", "other"])

@@ -42,6 +42,11 @@ bubbliiiing / Cartucho mAP tool, called from ``get_map.py`` with
   ``IoU > threshold`` test of py-faster-rcnn's ``voc_eval.py``.
 * ``truncate_det_boxes=False``: with ``True`` the predicted coordinates are
   truncated to integers as the official tool's text files do.
+* ``gt_voc_integers=False``: with ``True`` continuous 0-based ground-truth boxes
+  (as the VOC sources give them) are turned back into the XML's 1-based inclusive
+  integers (``x1 + 1, y1 + 1, x2, y2``, rounded), the boxes the official tool reads.
+  With ``pixel_offset=1`` and ``truncate_det_boxes=True`` the evaluator is then the
+  official tool on VOC-format data (:func:`official_tool`).
 * A class without any non-difficult ground truth has AP ``nan`` and is left
   out of the mean (the official tool only lists classes that have
   non-difficult ground truth).
@@ -358,6 +363,7 @@ class VOCEvaluator(_Accumulator):
         as TogetherNet's evaluation; 0.0: continuous coordinates).
       iou_strict: require IoU > threshold instead of IoU >= threshold.
       truncate_det_boxes: truncate predicted coordinates to integers first.
+      gt_voc_integers: score against the VOC XML integers of continuous ground truth.
 
     Matching is computed when an image is added (the best-IoU ground-truth box of
     each detection does not depend on the other images), so :meth:`compute` is a
@@ -366,7 +372,8 @@ class VOCEvaluator(_Accumulator):
 
     def __init__(self, num_classes: int, iou_threshold: float = 0.5, use_07_metric: bool = False,
                  class_names: Sequence[str] | None = None, *, pixel_offset: float = 1.0,
-                 iou_strict: bool = False, truncate_det_boxes: bool = False):
+                 iou_strict: bool = False, truncate_det_boxes: bool = False,
+                 gt_voc_integers: bool = False):
         _check_threshold(iou_threshold)
         if not np.isfinite(pixel_offset) or pixel_offset < 0:
             raise ValueError(f"pixel_offset must be >= 0, got {pixel_offset!r}")
@@ -375,6 +382,7 @@ class VOCEvaluator(_Accumulator):
         self.pixel_offset = float(pixel_offset)
         self.iou_strict = bool(iou_strict)
         self.truncate_det_boxes = bool(truncate_det_boxes)
+        self.gt_voc_integers = bool(gt_voc_integers)
         super().__init__(num_classes, class_names)
 
     def reset(self) -> None:
@@ -391,6 +399,8 @@ class VOCEvaluator(_Accumulator):
                    gt_difficult) -> None:
         if self.truncate_det_boxes:
             det_boxes = np.trunc(det_boxes)
+        if self.gt_voc_integers:
+            gt_boxes = np.round(gt_boxes + np.array([1.0, 1.0, 0.0, 0.0]))
         k, n = det_boxes.shape[0], gt_boxes.shape[0]
         if k and n:
             iou = box_iou(det_boxes, gt_boxes, self.pixel_offset)
@@ -501,6 +511,17 @@ class VOCEvaluator(_Accumulator):
         label = f"mAP ({n_cls} classes)"
         lines.append(f"{label:<{len(head) - 9}}  {_pct(r['mAP']):>7}")
         return "\n".join(lines)
+
+
+def official_tool(num_classes: int, class_names: Sequence[str] | None = None) -> VOCEvaluator:
+    """The mAP@0.5 that TogetherNet's official tool (``get_map.py`` with
+    ``utils/utils_map.py``) reports for VOC-format data, from the continuous 0-based
+    boxes of this project's VOC sources: the XML's integer ground truth, predicted
+    coordinates truncated to integers (as its text files hold them), the "+1" pixel
+    rule, a match at IoU >= 0.5. Truncation moves mAP by up to a few points on small
+    boxes; published tables were made with it."""
+    return VOCEvaluator(num_classes, 0.5, class_names=class_names, pixel_offset=1.0,
+                        truncate_det_boxes=True, gt_voc_integers=True)
 
 
 def _check_threshold(thr: float) -> None:

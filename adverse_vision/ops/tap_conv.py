@@ -98,13 +98,20 @@ def _bwd(strides, padding, dilation, precision, res, dy):
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
+#: Outputs (B * Ho * Wo) below which XLA's own kernel gradient runs: the row form's
+#: gain there is a few milliseconds, and its extra operations cost compile time (the
+#: test suite's small models compiled half again as long with it everywhere).
+MIN_OUTPUTS = 32768
+
+
 def _rows_win(kernel_shape, strides, outputs: int) -> bool:
     """Where the row form beat XLA's kernel gradient on a 2-core CPU, measured per shape
-    (``outputs`` = B * Ho * Wo): stride 1, and a 1x1 kernel (4.8-6x faster from 6,400
-    to 135,424 outputs) or at least 64 input channels over at least 1,024 outputs (3x3:
-    1.1-2.5x; with 32 input channels it was 0.5x, at 400 outputs 0.7x)."""
+    (``outputs`` = B * Ho * Wo): stride 1, at least :data:`MIN_OUTPUTS` outputs, and a
+    1x1 kernel (4.8x at 135,424 outputs) or at least 64 input channels (3x3: 1.1-2.5x;
+    with 32 input channels it was 0.5x)."""
     kh, kw, cin, _ = kernel_shape
-    return tuple(strides) == (1, 1) and (kh == kw == 1 or (cin >= 64 and outputs >= 1024))
+    return (tuple(strides) == (1, 1) and outputs >= MIN_OUTPUTS
+            and (kh == kw == 1 or cin >= 64))
 
 
 _tap_conv.defvjp(_fwd, _bwd)

@@ -10,6 +10,7 @@ from adverse_vision.metrics.detection import (
     VOCEvaluator,
     box_iou,
     coco_map,
+    official_tool,
     voc_ap,
     voc_map,
 )
@@ -490,3 +491,22 @@ def test_coco_evaluator_details():
     assert ev.compute()["AP50"] == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ValueError, match="difficult"):
         COCOEvaluator(1, difficult="maybe")
+
+
+def test_official_tool_scores_integer_boxes_and_truncated_predictions():
+    """The official tool's convention: the XML's integers for continuous 0-based ground
+    truth, predictions truncated, the +1 rule. A small box that our continuous IoU
+    matches (0.64) the official tool does not (9/23 = 0.39), as a +1-rule evaluator fed
+    the integers by hand."""
+    gt = np.array([[10.0, 10.0, 14.0, 14.0]])  # XML 11 11 14 14
+    det = np.array([[10.0, 10.0, 13.2, 13.2]])
+    ours = VOCEvaluator(1, pixel_offset=0.0)
+    tool = official_tool(1)
+    by_hand = VOCEvaluator(1, pixel_offset=1.0)
+    for ev, d, g in ((ours, det, gt), (tool, det, gt),
+                     (by_hand, np.array([[10.0, 10.0, 13.0, 13.0]]), np.array([[11.0, 11.0, 14.0, 14.0]]))):
+        ev.add("a", d, [0.9], [0], g, [0])
+    assert ours.compute()["mAP"] == 1.0
+    assert tool.compute()["mAP"] == by_hand.compute()["mAP"] == 0.0
+    np.testing.assert_allclose(box_iou(np.array([[10, 10, 13, 13]]), np.array([[11, 11, 14, 14]]), 1.0),
+                               [[9 / 23]])

@@ -29,7 +29,7 @@ def _grads(conv, x, w, **kw):
 ])
 def test_values_and_both_gradients_equal_lax(k, cin, strides, padding, dilation):
     kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (8, 11, 13, cin))
+    x = jax.random.normal(kx, (256, 11, 13, cin))
     w = jax.random.normal(kw, (k, k, cin, 7)) / k
     args = dict(window_strides=strides, padding=padding, rhs_dilation=dilation)
     (want, (dx, dw)) = _grads(lax.conv_general_dilated, x, w, **args)
@@ -37,20 +37,21 @@ def test_values_and_both_gradients_equal_lax(k, cin, strides, padding, dilation)
         (got, (gx, gw)) = _grads(tap_conv.conv_general_dilated, x, w, **args)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(gx, dx, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gw, dw, rtol=1e-5, atol=1e-4)
-    uses_rows = tap_conv._rows_win(w.shape, strides, 8 * 11 * 13)  # pylint: disable=protected-access
+    # float32 sums over 36,608 outputs in another order
+    np.testing.assert_allclose(gw, dw, rtol=1e-4, atol=1e-5 * float(np.abs(dw).max()))
+    uses_rows = tap_conv._rows_win(w.shape, strides, 256 * 11 * 13)  # pylint: disable=protected-access
     assert uses_rows == (strides == (1, 1) and (cin >= 64 or k == 1))
 
 
 def test_small_problems_keep_xla_gradient():
-    assert not tap_conv._rows_win((3, 3, 512, 512), (1, 1), 400)  # pylint: disable=protected-access
-    assert tap_conv._rows_win((1, 1, 512, 512), (1, 1), 400)  # pylint: disable=protected-access
+    assert not tap_conv._rows_win((1, 1, 512, 512), (1, 1), 400)  # pylint: disable=protected-access
+    assert tap_conv._rows_win((1, 1, 512, 512), (1, 1), tap_conv.MIN_OUTPUTS)  # pylint: disable=protected-access
 
 
 def test_the_row_form_is_what_runs_on_cpu():
     """The kernel gradient's program differs from XLA's own where the row form wins (a
     stack of per-row matrix products, no convolution for the kernel gradient)."""
-    x = jnp.ones((16, 8, 8, 64))
+    x = jnp.ones((512, 8, 8, 64))
     w = jnp.ones((3, 3, 64, 8))
 
     def kernel_grad(conv):
@@ -65,7 +66,7 @@ def test_the_row_form_is_what_runs_on_cpu():
     assert str(kernel_grad(tap_conv.conv_general_dilated)).count("dot_general") == 0
     _, tangent = jax.jvp(lambda w: tap_conv.conv_general_dilated(
         x, w, (1, 1), "SAME", dimension_numbers=NHWC), (w,), (w,))
-    assert tangent.shape == (16, 8, 8, 8)
+    assert tangent.shape == (512, 8, 8, 8)
 
 
 def test_other_layouts_and_groups_are_lax_itself():
@@ -78,7 +79,7 @@ def test_other_layouts_and_groups_are_lax_itself():
 
 
 def test_conv_layer_keeps_flax_parameters_and_values():
-    x = jax.random.normal(jax.random.key(3), (2, 10, 10, 16))
+    x = jax.random.normal(jax.random.key(3), (328, 10, 10, 64))
     ours, plain = Conv(8, (3, 3), name="c"), nn.Conv(8, (3, 3), name="c")
     v = plain.init(jax.random.key(4), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(4), x)) == jax.tree.map(jnp.shape, v)
@@ -86,5 +87,5 @@ def test_conv_layer_keeps_flax_parameters_and_values():
     with tap_conv.kernel_gradients_by_rows():
         g_ours = jax.grad(lambda v: jnp.sum(ours.apply(v, x) ** 2))(v)
     g_plain = jax.grad(lambda v: jnp.sum(plain.apply(v, x) ** 2))(v)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4),
-                 g_ours, g_plain)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())), g_ours, g_plain)
