@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -19,6 +20,7 @@ from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import config as config_lib
 from adverse_vision import errors
 from adverse_vision import host_memory
+from adverse_vision import parallel
 
 
 class PathError(ValueError):
@@ -189,9 +191,26 @@ def _list_shared_flags_in_help() -> None:
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
 
+def _leave_run_now(code: int) -> None:
+    """Ends a process of a multi-process run that failed, at once.
+
+    A normal exit waits in ``jax.distributed``'s shutdown barrier for every process,
+    while the others wait in their next collective (a checkpoint restore's barrier, a
+    train step) for this one: both would hang until a timeout minutes later. Leaving
+    without the barrier closes this process's connections, so the collectives of the
+    others fail and they stop too."""
+    print(f"process {jax.process_index()} of {jax.process_count()} failed (exit {code}); "
+          "leaving the run so that the other processes stop too", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)  # pylint: disable=protected-access
+
+
 def run(main: Callable[[], int]) -> None:
     """Runs a program body under absl; a user error, or running out of device memory,
-    ends with one readable line."""
+    ends with one readable line. A process of a multi-process run that fails ends at
+    once (see :func:`_leave_run_now`)."""
     def report(e: object) -> None:  # an exception, or the message itself
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -204,6 +223,19 @@ def run(main: Callable[[], int]) -> None:
     _list_shared_flags_in_help()
 
     def wrapped(argv: list[str]) -> None:
+        try:
+            body(argv)
+        except SystemExit as e:
+            if parallel.joined_distributed() and e.code not in (None, 0):
+                _leave_run_now(e.code if isinstance(e.code, int) else 1)
+            raise
+        except BaseException:  # pylint: disable=broad-except
+            if parallel.joined_distributed():
+                traceback.print_exc()
+                _leave_run_now(1)
+            raise
+
+    def body(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         configure_logging(_VERBOSE.value)

@@ -72,6 +72,14 @@ def _initialize_arguments(env: dict[str, str]) -> dict[str, Any]:
     return args
 
 
+_JOINED = False  # this process called jax.distributed.initialize
+
+
+def joined_distributed() -> bool:
+    """Whether this process joined a multi-process run (:func:`maybe_initialize_distributed`)."""
+    return _JOINED
+
+
 def maybe_initialize_distributed() -> bool:
     """Calls ``jax.distributed.initialize`` only when the launch environment asks for it.
 
@@ -83,7 +91,9 @@ def maybe_initialize_distributed() -> bool:
     env = dict(os.environ)
     wanted = _launch_wants_distributed(env)
     if wanted:
+        global _JOINED  # pylint: disable=global-statement
         jax.distributed.initialize(**_initialize_arguments(env))
+        _JOINED = True
         log.info("distributed: process %d of %d", jax.process_index(), jax.process_count())
     return wanted
 

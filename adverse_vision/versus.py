@@ -60,6 +60,13 @@ def import_torch():
     return torch
 
 
+def torch_images(torch, images: np.ndarray, mean: Any = 0.0, std: Any = 1.0):
+    """A batch of NHWC 0-255 images as the float NCHW tensor official networks take:
+    ``(images / 255 - mean) / std``."""
+    x = (np.asarray(images, np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2)))
+
+
 def checkout_file(checkout: str, module: str) -> str:
     """The file of ``module`` in an official checkout.
 

@@ -4,6 +4,7 @@ same global batch and device count does."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,30 +32,42 @@ TRAIN = ["--config", "configs/sdg_scenes.py:smoke,depth", "--progress=off",
 
 def _start(module: str, args: list[str], processes: int, devices: int) -> list[subprocess.Popen]:
     """``python -m module args`` in ``processes`` processes of ``devices`` CPU devices each
-    (one plain process when ``processes`` is 1)."""
+    (one plain process when ``processes`` is 1). Python's fault handler is on, so a
+    process that hangs prints every thread's stack when :func:`_finish` aborts it."""
     port = free_port()
     procs = []
     for i in range(processes):
         extra = {} if processes == 1 else {
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
-                                      env=process_env(devices, PYTHONPATH=ROOT, **extra), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env=process_env(devices, PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1", **extra)))
     return procs
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[str]:
-    """Each process's output; every process must exit 0 within the time limit."""
-    outs = []
+    """Each process's output; every process must exit 0 within the time limit. On a
+    timeout every process still running is aborted (its fault handler prints its
+    threads' stacks) and the failure shows every process's output."""
     deadline = time.time() + TIMEOUT
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.time()))
-            outs.append(out)
-    finally:
-        for p in procs:
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    hung = [i for i, p in enumerate(procs) if p.poll() is None]
+    for i in hung:
+        procs[i].send_signal(signal.SIGABRT)
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=30)[0])
+        except subprocess.TimeoutExpired:
             p.kill()
+            outs.append(p.communicate()[0])
+    if hung:
+        pytest.fail(f"processes {hung} still ran after {TIMEOUT} s:\n" + "\n".join(
+            f"--- process {i} (exit {p.returncode}):\n{out[-6000:]}"
+            for i, (p, out) in enumerate(zip(procs, outs))), pytrace=False)
     for i, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-3000:]}"
     return outs
@@ -148,3 +161,26 @@ def test_evaluate_and_predict_on_two_processes(runs, tmp_path):
     assert "3 image(s)" in outs[0] and "image(s)" not in outs[1]
     assert sorted(os.listdir(tmp_path / "out")) == [f"im{i}_depth.png" for i in range(3)]
     assert Image.open(tmp_path / "out" / "im2_depth.png").size == (56, 54)
+
+
+def test_a_process_that_fails_stops_the_others_at_once(runs, tmp_path):
+    """Process 1 cannot restore (its data iterator's state is missing) while process 0
+    restores and waits for it in a collective: process 1 leaves the run without the
+    distributed shutdown barrier, so process 0's collective fails, and both end in
+    seconds (each would otherwise wait minutes for the other)."""
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["two"], broken)
+    os.remove(broken / "checkpoints" / str(STEPS) / "data" / "process_1-of-2.json")
+    t0 = time.time()
+    procs = _start("adverse_vision.train", TRAIN + ["--workdir", str(broken)], 2, 2)
+    while time.time() - t0 < 120 and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    outs = [p.communicate()[0] for p in procs]
+    assert [p.returncode != 0 for p in procs] == [True, True], outs
+    assert "process_1-of-2.json does not exist" in outs[1]
+    assert "process 1 of 2 failed (exit 2)" in outs[1]
+    assert "process 0 of 2 failed" in outs[0]
+    print(f"\nboth processes ended {time.time() - t0:.1f} s after the start")

@@ -138,8 +138,15 @@ class Method:
         """``(metrics, table)`` of ``python -m adverse_vision.evaluate`` for one
         evaluation entry (``options``: the program's extra flags)."""
         del options
-        metrics, evaluator = trainer.evaluate(variables, bundle.eval_pipeline(entry))
+        metrics, evaluator = trainer.evaluate(variables, bundle.eval_pipeline(entry),
+                                              evaluator=self.report_evaluator(bundle, entry))
         return metrics, evaluator.table()
+
+    def report_evaluator(self, bundle, entry):
+        """The evaluator :meth:`report` scores ``entry`` with; None: the trainer's
+        (:meth:`make_evaluator`)."""
+        del bundle, entry
+        return None
 
     # ------------------------------------------------------------------ benchmark
     def bench_train(self, bench, trainer, state, batch, steps: int):

@@ -71,11 +71,6 @@ def _torch_colour(torch):
     return rgb_to_ycrcb, ycrcb_to_rgb
 
 
-def _nchw(torch, images: np.ndarray):
-    return torch.from_numpy(np.ascontiguousarray(
-        np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 255.0))
-
-
 def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
                ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """The official side of :data:`TASKS` (see the module docstring) and its info."""
@@ -91,7 +86,7 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
     train = batches["train"]
-    ir, vis = _nchw(torch, train["thermal"]), _nchw(torch, train["image"])
+    ir, vis = versus.torch_images(torch, train["thermal"]), versus.torch_images(torch, train["image"])
     saliency = np.asarray(train["saliency"], np.float32)
     saliency = torch.from_numpy(np.ascontiguousarray(
         saliency.reshape(saliency.shape[:3] + (1,)).transpose(0, 3, 1, 2)))
@@ -108,7 +103,7 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
         loss.item()
 
     infer = batches["infer"]
-    ir_i, vis_i = _nchw(torch, infer["thermal"]), _nchw(torch, infer["image"])
+    ir_i, vis_i = versus.torch_images(torch, infer["thermal"]), versus.torch_images(torch, infer["image"])
 
     def inference():
         net.eval()

@@ -169,15 +169,12 @@ class DetectionMethod(methods.Method):
     def make_evaluator(self) -> "DetectionEvaluator":
         return DetectionEvaluator(self.cfg.data.class_names)
 
-    def report(self, trainer, variables, bundle, entry, options):
-        """``evaluate``'s metrics and table; on VOC-format data (``data.name`` "voc")
-        with the official tool's number beside ours (``mAP_official_tool``)."""
+    def report_evaluator(self, bundle, entry):
+        """On VOC-format data (``data.name`` "voc"), ``evaluate`` gives the official
+        tool's number beside ours (``mAP_official_tool``)."""
         if bundle.data_config(entry).name != "voc":
-            return super().report(trainer, variables, bundle, entry, options)
-        metrics, evaluator = trainer.evaluate(
-            variables, bundle.eval_pipeline(entry),
-            evaluator=self.make_evaluator().with_official_tool())
-        return metrics, evaluator.table()
+            return None
+        return self.make_evaluator().with_official_tool()
 
     @property
     def detects(self) -> bool:

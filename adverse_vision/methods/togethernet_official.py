@@ -30,11 +30,6 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _nchw(torch, images: np.ndarray):
-    x = (np.asarray(images, np.float32) / 255.0 - MEAN) / STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
 def _targets(torch, batch: dict[str, np.ndarray]) -> list:
     out = []
     for boxes, classes, mask in zip(batch["boxes"], batch["classes"], batch["box_mask"]):
@@ -45,8 +40,9 @@ def _targets(torch, batch: dict[str, np.ndarray]) -> list:
     return out
 
 
-def _build(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]):
-    """The official network, loss, optimiser and inputs (see the module docstring)."""
+def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
+               ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """``({"train step": fn, "inference": fn}, info)`` (see the module docstring)."""
     size = cfg.model.size
     if cfg.model.depth > 0 or cfg.model.width > 0 or size not in PHIS:
         raise OfficialUnavailable(f"the official network has the sizes {PHIS}; this config "
@@ -68,8 +64,8 @@ def _build(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]):
     detection_loss, mse = yolo_loss(num_classes), torch.nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.optimizer.base_lr),
                                 momentum=0.937, nesterov=True, weight_decay=5e-4)
-    clear = _nchw(torch, train["clean"])
-    both = torch.cat([_nchw(torch, train["image"]), clear], 0)
+    clear = versus.torch_images(torch, train["clean"], MEAN, STD)
+    both = torch.cat([versus.torch_images(torch, train["image"], MEAN, STD), clear], 0)
     targets = _targets(torch, train)
 
     def train_step():
@@ -81,16 +77,9 @@ def _build(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]):
         optimizer.step()
         loss.item()
 
-    return torch, model, train_step, num_classes
-
-
-def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
-               ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """``({"train step": fn, "inference": fn}, info)`` (see the module docstring)."""
-    torch, model, train_step, num_classes = _build(cfg, checkout, batches)
     decode, nms = versus.import_from_checkout(checkout, "utils.utils_bbox",
                                               ["decode_outputs", "non_max_suppression"])
-    images = _nchw(torch, batches["infer"]["image"])
+    images = versus.torch_images(torch, batches["infer"]["image"], MEAN, STD)
     shape = list(images.shape[-2:])
 
     def inference():

@@ -16,8 +16,10 @@ inputs and HWIO kernels without input dilation or feature groups, its forward pa
 its input gradient are XLA's own; only the kernel gradient is computed per row where
 that form wins. The form is a ``jax.custom_vjp``, which forward-mode differentiation
 (``jax.jvp``, ``jax.jacfwd``) cannot pass through; outside the context, and so in any
-user code, the convolution is ``lax.conv_general_dilated`` and every transform works. Everywhere else (other backends, other layouts) it is ``lax.conv_general_dilated``
-itself. Results equal XLA's up to float32 summation order.
+user code, the convolution is ``lax.conv_general_dilated`` and every transform works.
+So it is for the shapes where XLA's gradient wins (decided at trace time from the
+output shape), on other backends and for other layouts. Results equal XLA's up to
+float32 summation order.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def kernel_gradients_by_rows(enabled: bool = True):
         yield
     finally:
         _BY_ROWS.reset(token)
+
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
@@ -86,15 +89,13 @@ def _kernel_grad_rows(x, dy, kernel_shape, padding, dilation, precision):
 
 
 def _bwd(strides, padding, dilation, precision, res, dy):
+    """XLA's input gradient; the kernel gradient by rows (only shapes where
+    :func:`_rows_win` holds reach this rule)."""
     x, kernel = res
-    conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
-                             rhs_dilation=dilation, dimension_numbers=_NHWC,
-                             precision=precision)
-    if _rows_win(kernel.shape, strides, dy.shape[0] * dy.shape[1] * dy.shape[2]):
-        (dx,) = jax.vjp(lambda x: conv(x, kernel), x)[1](dy)
-        dk = _kernel_grad_rows(x, dy, kernel.shape, padding, dilation, precision)
-    else:
-        dx, dk = jax.vjp(conv, x, kernel)[1](dy)
+    (dx,) = jax.vjp(lambda x: lax.conv_general_dilated(
+        x, kernel, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC,
+        precision=precision), x)[1](dy)
+    dk = _kernel_grad_rows(x, dy, kernel.shape, padding, dilation, precision)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -139,4 +140,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
     pads = _pairs(padding, lhs.shape, rhs.shape, strides, dilation)
+    out_hw = [(n + lo + hi - (k - 1) * d - 1) // s + 1
+              for n, (lo, hi), k, d, s in zip(lhs.shape[1:3], pads, rhs.shape[:2], dilation, strides)]
+    if not _rows_win(rhs.shape, strides, lhs.shape[0] * out_hw[0] * out_hw[1]):
+        return plain()
     return _tap_conv(lhs, rhs, strides, pads, dilation, precision)

@@ -69,6 +69,25 @@ def test_the_row_form_is_what_runs_on_cpu():
     assert tangent.shape == (512, 8, 8, 8)
 
 
+def test_shapes_where_xla_wins_are_plain_lax_inside_the_context():
+    """The decision is taken at trace time from the output shape: a convolution the row
+    form would not win stays XLA's own convolution, not a custom_vjp around it."""
+    def forward(x, w, strides, padding="SAME", dilation=(1, 1)):
+        with tap_conv.kernel_gradients_by_rows():
+            return str(jax.make_jaxpr(lambda x, w: tap_conv.conv_general_dilated(
+                x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC))(x, w))
+    w64 = jnp.ones((3, 3, 64, 8))
+    assert "custom_vjp" in forward(jnp.ones((512, 8, 8, 64)), w64, (1, 1))
+    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 64)), w64, (2, 2))   # stride 2
+    assert "custom_vjp" not in forward(jnp.ones((4, 8, 8, 64)), w64, (1, 1))     # 256 outputs
+    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 32)), jnp.ones((3, 3, 32, 8)), (1, 1))
+    # the output shape counts padding and dilation: VALID 6x6 outputs (1024 * 36 = 36,864)
+    # win; dilated by 2, 4x4 outputs (16,384) do not
+    x = jnp.ones((1024, 8, 8, 64))
+    assert "custom_vjp" in forward(x, w64, (1, 1), "VALID")
+    assert "custom_vjp" not in forward(x, w64, (1, 1), "VALID", (2, 2))
+
+
 def test_other_layouts_and_groups_are_lax_itself():
     x = jax.random.normal(jax.random.key(1), (2, 4, 9, 9))
     w = jax.random.normal(jax.random.key(2), (6, 2, 3, 3))

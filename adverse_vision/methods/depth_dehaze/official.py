@@ -49,8 +49,7 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     (multi_net,) = versus.import_from_checkout(checkout, "multi_network", ["multi_Net"])
     torch.manual_seed(cfg.seed)
     net = multi_net().eval()
-    x = torch.from_numpy(np.ascontiguousarray(
-        images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0))
+    x = versus.torch_images(torch, images)
 
     def inference():
         with torch.no_grad():
