@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 import ml_collections
 
 from adverse_vision import degrade as degrade_lib
+from adverse_vision.data import scenes_conditions
 
 DTYPES = ("float32", "bfloat16")
 #: Keys of one evaluation entry (``evals.<name>``) and their defaults.
@@ -58,6 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_train = 4096  # scenes only
     c.data.num_val = 256  # scenes only
     c.data.scene_size = 256  # scenes only: rendered image side
+    # scenes only: the infrared image, "simple" (every object hot over a cold
+    # background, in any weather) or "lwir" (a thermal camera model; needs
+    # conditions): see adverse_vision/data/scenes_conditions.py
+    c.data.thermal = "simple"
+    # scenes only: the conditions a sample is seen in, one drawn per sample from
+    # day_clear, day_fog, night, night_fog; the visible image comes in its condition
+    # (so data.degrade and data.val_degrade must be none); () keeps the daylight image
+    c.data.conditions = ()
     c.data.root = ""  # dataset folder / tfds data_dir
     c.data.train_split = "trainval"
     c.data.val_split = "test"
@@ -277,6 +286,7 @@ def validate(cfg: ml_collections.ConfigDict,
     check_choice(cfg, "data.on_bad_annotation", ("skip", "error"))
     _check_degrade(cfg.data.degrade, "data.degrade")
     _check_degrade(cfg.data.val_degrade, "data.val_degrade")
+    _check_conditions(cfg.data, "data")
     for path, value in walk(cfg, into_free=True):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key '{path}' is {value}; it must be a finite number")
@@ -311,9 +321,45 @@ def _check_evals(cfg: ml_collections.ConfigDict) -> None:
                                   f"{suggest(key, list(cfg.data))}; its keys override 'data'")
             if key in ("degrade", "val_degrade"):
                 _check_degrade(value, f"{path}.data.{key}")
+        if len(entry.data):
+            merged = {k: v for k, v in cfg.data.items()}
+            merged.update(entry.data.items())
+            _check_conditions(merged, f"{path}.data")
     if cfg.best_eval not in cfg.evals:
         raise ConfigError(f"config key 'best_eval' is {cfg.best_eval!r}; expected one of the "
                           f"evaluations {tuple(cfg.evals)}")
+
+
+def _check_conditions(data: Any, path: str) -> None:
+    """``data.thermal`` and ``data.conditions`` (the embedded scenes' conditions)."""
+    if data["thermal"] not in scenes_conditions.THERMAL_MODELS:
+        raise ConfigError(f"config key '{path}.thermal' is {data['thermal']!r}; expected one "
+                          f"of {scenes_conditions.THERMAL_MODELS}")
+    conditions = data["conditions"]
+    if isinstance(conditions, str) or not isinstance(conditions, (tuple, list)):
+        raise ConfigError(f"config key '{path}.conditions' must be a tuple of names, got "
+                          f"{conditions!r}")
+    for name in conditions:
+        if name not in scenes_conditions.CONDITIONS:
+            raise ConfigError(f"config key '{path}.conditions' has {name!r}; expected names "
+                              f"from {scenes_conditions.CONDITIONS}")
+    if len(set(conditions)) != len(conditions):
+        raise ConfigError(f"config key '{path}.conditions' repeats a name: {tuple(conditions)}")
+    if data["thermal"] != "simple" and not conditions:
+        raise ConfigError(f"config key '{path}.thermal' is {data['thermal']!r}, which needs "
+                          f"'{path}.conditions' (the time of day and fog the infrared image is "
+                          "rendered in)")
+    if conditions:
+        if data["name"] != "scenes":
+            raise ConfigError(f"config key '{path}.conditions' is for the embedded scenes; "
+                              f"'{path}.name' is {data['name']!r}")
+        for key in ("degrade", "val_degrade"):
+            specs = data[key] if isinstance(data[key], tuple) else (data[key],)
+            if any(dict(spec).get("name") != "none" for spec in specs):
+                raise ConfigError(
+                    f"config key '{path}.{key}' must be none when '{path}.conditions' is set "
+                    "(the conditions degrade the visible image themselves): "
+                    "config.degrade_spec('none')")
 
 
 #: (key, lowest, highest or None, whether the lowest is allowed) of the shared numbers.

@@ -27,11 +27,18 @@ Variants (comma-separated tokens after the colon):
   seg       adds a DeepLab-LargeFOV segmentation branch on the scenes' masks.
   official  BDLF's optimisation recipe (SGD for every network, see
             ``configs/common.py:bdlf_official``).
+  lwir      the thermal camera model (``data.thermal=lwir``) and four conditions,
+            one per sample: day clear, day fog, night (street lamps), night fog
+            (``adverse_vision/data/scenes_conditions.py``), in place of the simple
+            thermal rendering under a night-or-fog visible image; evaluated on the
+            mixed validation scenes (``val``) and on each condition alone
+            (``evals.day_clear`` ... ``evals.night_fog``).
   nano, s, m, l, x, bf16, clear   as in every config.
 """
 
 from adverse_vision import methods
-from adverse_vision.config import degrade_spec, set_degrade_mixture
+from adverse_vision.config import degrade_spec, eval_entry, set_degrade_mixture
+from adverse_vision.data.scenes_conditions import CONDITIONS
 from configs.common import bdlf_official, bdlf_variants, cpu_optimizer, scenes_default
 
 #: Train steps of the ``tiny`` CPU run.
@@ -97,4 +104,13 @@ def get_config(arg: str = ""):
         c.bdlf.seg_fc = 32
         c.bdlf.upper_every = 2
 
-    return bdlf_variants(c, arg, {"tiny": tiny, "smoke": smoke, "official": bdlf_official})
+    def lwir(c):
+        c.data.thermal = "lwir"
+        c.data.conditions = CONDITIONS
+        set_degrade_mixture(c, "degrade", (degrade_spec("none"),))
+        set_degrade_mixture(c, "val_degrade", (degrade_spec("none"),))
+        for condition in CONDITIONS:
+            c.evals[condition] = eval_entry(conditions=(condition,))
+
+    return bdlf_variants(c, arg, {"tiny": tiny, "smoke": smoke, "official": bdlf_official,
+                                  "lwir": lwir})

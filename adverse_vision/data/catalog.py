@@ -46,11 +46,13 @@ def _keep_difficult(d, split: str) -> bool:
 
 # ------------------------------------------------------------------ detection sources
 def scenes(bundle, d, split, problems):
-    """The embedded street scenes: boxes, depth, thermal image and class masks."""
+    """The embedded street scenes: boxes, depth, thermal image and class masks (in
+    ``data.conditions`` with ``data.thermal``'s infrared image, when set)."""
     del bundle, problems
     from adverse_vision.data.scenes import ScenesSource  # pylint: disable=import-outside-toplevel
     return ScenesSource(split=split, num_samples=_count(d, split),
-                        image_size=(d.scene_size, d.scene_size), seed=d.seed)
+                        image_size=(d.scene_size, d.scene_size), seed=d.seed,
+                        thermal=d.thermal, conditions=tuple(d.conditions))
 
 
 @reads_root
@@ -80,9 +82,17 @@ def tfds(bundle, d, split, problems):
 
 
 # ------------------------------------------------------------------ dense sources
+def _daylight_only(d, source: str) -> None:
+    if tuple(d.conditions) or d.thermal != "simple":
+        raise ValueError(f"{source} renders the daylight scenes only: leave data.conditions "
+                         f"empty and data.thermal 'simple' (got {tuple(d.conditions)!r}, "
+                         f"{d.thermal!r})")
+
+
 def scenes_segmentation(bundle, d, split, problems):
     """The embedded scenes with their class masks (label 0: background)."""
     del bundle, problems
+    _daylight_only(d, "the scenes' segmentation source")
     from adverse_vision.data import scenes_tasks  # pylint: disable=import-outside-toplevel
     return scenes_tasks.ScenesSegmentationSource(
         split=split, num_samples=_count(d, split), image_size=d.scene_size, seed=d.seed)
@@ -91,6 +101,7 @@ def scenes_segmentation(bundle, d, split, problems):
 def scenes_crops(bundle, d, split, problems):
     """Object crops of the embedded scenes at the run's image size, labelled by class."""
     del problems
+    _daylight_only(d, "the scenes' crops source")
     from adverse_vision.data import scenes_tasks  # pylint: disable=import-outside-toplevel
     return scenes_tasks.ScenesCropsSource(
         split=split, num_samples=_count(d, split), crop_size=bundle.image_size,

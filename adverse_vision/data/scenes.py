@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from adverse_vision.data import scenes_conditions as conditions_lib
+
 __all__ = [
     "CLASSES",
     "MIN_BOX_SIDE",
@@ -227,8 +229,11 @@ def _capsule(X, Y, a, b, r):
     return (X - ax - t * dx) ** 2 + (Y - ay - t * dy) ** 2 <= r * r
 
 
-# A part: (mask, RGB colour, temperature on the 0-255 thermal scale).
-_Part = tuple[np.ndarray, Sequence[float], float]
+# A part: (mask, RGB colour, temperature on the 0-255 scale of the simple thermal
+# rendering, material). The material is what the LWIR model
+# (:mod:`adverse_vision.data.scenes_conditions`) gives a temperature.
+_Part = tuple[np.ndarray, Sequence[float], float, str]
+_MAT = {name: i for i, name in enumerate(conditions_lib.MATERIALS)}
 
 
 def _paint(rng: np.random.Generator) -> np.ndarray:
@@ -255,13 +260,13 @@ def _person(X, Y, rng, pix) -> list[_Part]:
     swing = rng.uniform(0.05, 0.22)
     hip, shoulder = 0.92, 1.42
     return [
-        (_capsule(X, Y, (-0.02, shoulder), (-swing, 0.9), _thick(0.055, pix)), top * 0.8, 205),
-        (_capsule(X, Y, (-0.04, hip), (-stride, 0.07), _thick(0.075, pix)), trousers * 0.85, 205),
-        (_capsule(X, Y, (0.04, hip), (stride, 0.07), _thick(0.075, pix)), trousers, 205),
-        (_capsule(X, Y, (0.0, hip + 0.05), (0.0, shoulder - 0.02), _thick(0.17, pix)), top, 215),
-        (_capsule(X, Y, (0.02, shoulder), (swing + 0.03, 0.88), _thick(0.055, pix)), top, 210),
-        (_disc(X, Y, 0.0, 1.63, 0.11), skin, 235),
-        (_disc(X, Y, 0.0, 1.63, 0.115) & (Y > 1.67), hair, 225),
+        (_capsule(X, Y, (-0.02, shoulder), (-swing, 0.9), _thick(0.055, pix)), top * 0.8, 205, "clothing"),
+        (_capsule(X, Y, (-0.04, hip), (-stride, 0.07), _thick(0.075, pix)), trousers * 0.85, 205, "clothing"),
+        (_capsule(X, Y, (0.04, hip), (stride, 0.07), _thick(0.075, pix)), trousers, 205, "clothing"),
+        (_capsule(X, Y, (0.0, hip + 0.05), (0.0, shoulder - 0.02), _thick(0.17, pix)), top, 215, "clothing"),
+        (_capsule(X, Y, (0.02, shoulder), (swing + 0.03, 0.88), _thick(0.055, pix)), top, 210, "clothing"),
+        (_disc(X, Y, 0.0, 1.63, 0.11), skin, 235, "skin"),
+        (_disc(X, Y, 0.0, 1.63, 0.115) & (Y > 1.67), hair, 225, "hair"),
     ]
 
 
@@ -270,13 +275,13 @@ def _bicycle(X, Y, rng, pix) -> list[_Part]:
     r, rear, front = 0.34, (-0.52, 0.34), (0.52, 0.34)
     bracket, seat, head = (0.0, 0.32), (-0.2, 0.86), (0.38, 0.9)
     tubes = [(rear, bracket), (rear, seat), (seat, bracket), (seat, head), (head, bracket), (head, front)]
-    parts = [(_ring(X, Y, cx, cy, r - 0.02, _thick(0.025, pix)), _TYRE, 175) for cx, cy in (rear, front)]
-    parts += [(_disc(X, Y, cx, cy, _thick(0.04, pix)), _METAL, 160) for cx, cy in (rear, front)]
-    parts += [(_capsule(X, Y, a, b, _thick(0.025, pix)), frame, 150) for a, b in tubes]
+    parts = [(_ring(X, Y, cx, cy, r - 0.02, _thick(0.025, pix)), _TYRE, 175, "tyre") for cx, cy in (rear, front)]
+    parts += [(_disc(X, Y, cx, cy, _thick(0.04, pix)), _METAL, 160, "metal") for cx, cy in (rear, front)]
+    parts += [(_capsule(X, Y, a, b, _thick(0.025, pix)), frame, 150, "paint") for a, b in tubes]
     parts += [
-        (_capsule(X, Y, (-0.3, 0.93), (-0.1, 0.93), _thick(0.035, pix)), _TYRE, 140),
-        (_capsule(X, Y, head, (0.32, 1.02), _thick(0.02, pix)), _METAL, 150),
-        (_capsule(X, Y, (0.24, 1.02), (0.42, 1.02), _thick(0.02, pix)), _METAL, 150),
+        (_capsule(X, Y, (-0.3, 0.93), (-0.1, 0.93), _thick(0.035, pix)), _TYRE, 140, "rubber"),
+        (_capsule(X, Y, head, (0.32, 1.02), _thick(0.02, pix)), _METAL, 150, "metal"),
+        (_capsule(X, Y, (0.24, 1.02), (0.42, 1.02), _thick(0.02, pix)), _METAL, 150, "metal"),
     ]
     return parts
 
@@ -292,15 +297,15 @@ def _car(X, Y, rng, pix) -> list[_Part]:
         & (np.abs(X + 0.35) > 0.06)
     )
     parts = [
-        (_rounded_box(X, Y, -2.15, 2.15, 0.25, 0.95, 0.18), body, 150),
-        (cabin, body, 150),
-        (windows, _GLASS, 110),
-        (_rounded_box(X, Y, 1.3, 2.15, 0.25, 0.95, 0.18), body * 0.95, 215),
-        (_box(X, Y, 2.03, 2.15, 0.7, 0.82), (0.95, 0.95, 0.8), 200),
-        (_box(X, Y, -2.15, -2.05, 0.7, 0.85), (0.8, 0.05, 0.05), 160),
+        (_rounded_box(X, Y, -2.15, 2.15, 0.25, 0.95, 0.18), body, 150, "paint"),
+        (cabin, body, 150, "paint"),
+        (windows, _GLASS, 110, "glass"),
+        (_rounded_box(X, Y, 1.3, 2.15, 0.25, 0.95, 0.18), body * 0.95, 215, "engine"),
+        (_box(X, Y, 2.03, 2.15, 0.7, 0.82), (0.95, 0.95, 0.8), 200, "lamp"),
+        (_box(X, Y, -2.15, -2.05, 0.7, 0.85), (0.8, 0.05, 0.05), 160, "lamp"),
     ]
     for cx in (-1.35, 1.35):
-        parts += [(_disc(X, Y, cx, 0.33, 0.33), _TYRE, 225), (_disc(X, Y, cx, 0.33, 0.15), _METAL, 225)]
+        parts += [(_disc(X, Y, cx, 0.33, 0.33), _TYRE, 225, "tyre"), (_disc(X, Y, cx, 0.33, 0.15), _METAL, 225, "metal")]
     return parts
 
 
@@ -310,18 +315,18 @@ def _motorbike(X, Y, rng, pix) -> list[_Part]:
     helmet = _paint(rng)
     parts = []
     for cx in (-0.72, 0.72):
-        parts += [(_disc(X, Y, cx, 0.31, 0.31), _TYRE, 205), (_disc(X, Y, cx, 0.31, 0.12), _METAL, 205)]
+        parts += [(_disc(X, Y, cx, 0.31, 0.31), _TYRE, 205, "tyre"), (_disc(X, Y, cx, 0.31, 0.12), _METAL, 205, "metal")]
     parts += [
-        (_box(X, Y, -0.28, 0.22, 0.22, 0.55), _METAL * 0.6, 245),
-        (_capsule(X, Y, (0.72, 0.31), (0.52, 0.98), _thick(0.04, pix)), _METAL, 180),
-        (_capsule(X, Y, (0.52, 0.98), (0.4, 1.03), _thick(0.03, pix)), _METAL, 180),
-        (_ellipse(X, Y, 0.0, 0.66, 0.5, 0.17), body, 200),
-        (_capsule(X, Y, (-0.45, 0.72), (-0.82, 0.8), _thick(0.06, pix)), body, 190),
-        (_capsule(X, Y, (-0.2, 0.85), (0.18, 0.58), _thick(0.09, pix)), jacket * 0.7, 210),
-        (_capsule(X, Y, (0.18, 0.58), (0.1, 0.32), _thick(0.07, pix)), jacket * 0.7, 210),
-        (_capsule(X, Y, (-0.18, 0.88), (0.02, 1.3), _thick(0.17, pix)), jacket, 215),
-        (_capsule(X, Y, (0.0, 1.25), (0.43, 1.02), _thick(0.06, pix)), jacket, 210),
-        (_disc(X, Y, 0.12, 1.46, 0.14), helmet, 190),
+        (_box(X, Y, -0.28, 0.22, 0.22, 0.55), _METAL * 0.6, 245, "engine"),
+        (_capsule(X, Y, (0.72, 0.31), (0.52, 0.98), _thick(0.04, pix)), _METAL, 180, "metal"),
+        (_capsule(X, Y, (0.52, 0.98), (0.4, 1.03), _thick(0.03, pix)), _METAL, 180, "metal"),
+        (_ellipse(X, Y, 0.0, 0.66, 0.5, 0.17), body, 200, "paint"),
+        (_capsule(X, Y, (-0.45, 0.72), (-0.82, 0.8), _thick(0.06, pix)), body, 190, "paint"),
+        (_capsule(X, Y, (-0.2, 0.85), (0.18, 0.58), _thick(0.09, pix)), jacket * 0.7, 210, "clothing"),
+        (_capsule(X, Y, (0.18, 0.58), (0.1, 0.32), _thick(0.07, pix)), jacket * 0.7, 210, "clothing"),
+        (_capsule(X, Y, (-0.18, 0.88), (0.02, 1.3), _thick(0.17, pix)), jacket, 215, "clothing"),
+        (_capsule(X, Y, (0.0, 1.25), (0.43, 1.02), _thick(0.06, pix)), jacket, 210, "clothing"),
+        (_disc(X, Y, 0.12, 1.46, 0.14), helmet, 190, "paint"),
     ]
     return parts
 
@@ -333,16 +338,16 @@ def _bus(X, Y, rng, pix) -> list[_Part]:
     shell = _rounded_box(X, Y, -5.0, 5.0, 0.3, 3.1, 0.25)
     windows = _box(X, Y, -4.6, 3.9, 1.7, 2.7) & (np.mod(X + 4.6, 1.3) < 1.1)
     parts = [
-        (shell, body, 150),
-        (shell & _box(X, Y, -5.0, 5.0, 1.1, 1.3), accent, 150),
-        (windows, _GLASS, 120),
-        (_box(X, Y, 4.3, 4.95, 1.2, 2.85), _GLASS, 120),
-        (_box(X, Y, 3.15, 3.95, 0.4, 2.6), _GLASS * 0.7, 130),
-        (_box(X, Y, 3.4, 4.8, 2.8, 3.0), (0.95, 0.6, 0.1), 140),
-        (shell & _box(X, Y, -5.0, -4.2, 0.4, 1.4), body * 0.85, 230),
+        (shell, body, 150, "paint"),
+        (shell & _box(X, Y, -5.0, 5.0, 1.1, 1.3), accent, 150, "paint"),
+        (windows, _GLASS, 120, "glass"),
+        (_box(X, Y, 4.3, 4.95, 1.2, 2.85), _GLASS, 120, "glass"),
+        (_box(X, Y, 3.15, 3.95, 0.4, 2.6), _GLASS * 0.7, 130, "glass"),
+        (_box(X, Y, 3.4, 4.8, 2.8, 3.0), (0.95, 0.6, 0.1), 140, "lamp"),
+        (shell & _box(X, Y, -5.0, -4.2, 0.4, 1.4), body * 0.85, 230, "engine"),
     ]
     for cx in (-3.2, 3.0):
-        parts += [(_disc(X, Y, cx, 0.5, 0.5), _TYRE, 220), (_disc(X, Y, cx, 0.5, 0.22), _METAL, 220)]
+        parts += [(_disc(X, Y, cx, 0.5, 0.5), _TYRE, 220, "tyre"), (_disc(X, Y, cx, 0.5, 0.22), _METAL, 220, "metal")]
     return parts
 
 
@@ -356,8 +361,8 @@ def _building(X, Y, rng, pix, height, width) -> list[_Part]:
         & (np.mod(Y, period_y) > 0.4 * period_y)
     )
     return [
-        (_box(X, Y, -0.5 * width, 0.5 * width, 0.0, height), wall, 115),
-        (windows, _GLASS, 90),
+        (_box(X, Y, -0.5 * width, 0.5 * width, 0.0, height), wall, 115, "wall"),
+        (windows, _GLASS, 90, "window"),
     ]
 
 
@@ -365,8 +370,8 @@ def _tree(X, Y, rng, pix, height, width) -> list[_Part]:
     crown = np.array([0.15, rng.uniform(0.3, 0.5), 0.12]) * rng.uniform(0.7, 1.2)
     trunk = max(0.12 * width, 0.6 * pix)
     return [
-        (_box(X, Y, -trunk, trunk, 0.0, height - 0.5 * width), (0.35, 0.24, 0.15), 85),
-        (_ellipse(X, Y, 0.0, height - 0.5 * width, 0.5 * width, 0.5 * width), crown, 70),
+        (_box(X, Y, -trunk, trunk, 0.0, height - 0.5 * width), (0.35, 0.24, 0.15), 85, "bark"),
+        (_ellipse(X, Y, 0.0, height - 0.5 * width, 0.5 * width, 0.5 * width), crown, 70, "foliage"),
     ]
 
 
@@ -408,7 +413,8 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
 
 
 def _background(layout: Layout, rng: np.random.Generator):
-    """Sky and ground: RGB (H, W, 3), depth (H, W) and temperature (H, W), float32."""
+    """Sky and ground: RGB (H, W, 3), depth (H, W) and temperature (H, W), float32, and
+    the material (H, W) uint8 (sky, ground, road or marking: where each weighs most)."""
     H, W = layout.height, layout.width
     rows = np.arange(H, dtype=np.float32) + 0.5
     dy = rows - layout.horizon
@@ -447,14 +453,17 @@ def _background(layout: Layout, rng: np.random.Generator):
     for c in range(3):
         image[g:, :, c] = off_weight * off_road[c] + road_weight * asphalt[c] + 0.85 * marks
     heat[g:] = 70.0 + 28.0 * road + 8.0 * texture - 15.0 * marks
-    return image, depth, heat
+    material = np.full((H, W), _MAT["sky"], np.uint8)
+    material[g:] = np.where(marks >= 0.5, _MAT["marking"],
+                            np.where(road >= 0.5, _MAT["road"], _MAT["ground"]))
+    return image, depth, heat, material
 
 
 def _draw_item(p: Placement, layout: Layout, rng: np.random.Generator):
     """Rasterises one placement into its on-screen patch.
 
-    Returns (y0, y1, x0, x1), silhouette (bool), RGB (float32) and temperature
-    (float32) over the patch, or None when the patch is off-screen.
+    Returns (y0, y1, x0, x1), silhouette (bool), RGB (float32), temperature (float32)
+    and material (uint8) over the patch, or None when the patch is off-screen.
     """
     scale = layout.focal / p.depth  # pixels per metre
     bottom = layout.horizon + layout.camera_height * scale
@@ -475,26 +484,46 @@ def _draw_item(p: Placement, layout: Layout, rng: np.random.Generator):
     size = (y1 - y0, x1 - x0)
     parts = _SHAPES[p.kind](X, Y, rng, unit / scale, *args)
     part_index = np.zeros(size, np.uint8)  # 0 = outside, k = parts[k - 1]
-    for k, (mask, _, _) in enumerate(parts, start=1):
+    for k, (mask, _, _, _) in enumerate(parts, start=1):
         part_index[np.broadcast_to(mask, size)] = k
-    palette = np.array([(0.0, 0.0, 0.0)] + [rgb for _, rgb, _ in parts], np.float32)
-    temperatures = np.array([0.0] + [t for _, _, t in parts], np.float32)
+    palette = np.array([(0.0, 0.0, 0.0)] + [rgb for _, rgb, _, _ in parts], np.float32)
+    temperatures = np.array([0.0] + [t for _, _, t, _ in parts], np.float32)
+    materials = np.array([0] + [_MAT[m] for _, _, _, m in parts], np.uint8)
     silhouette = part_index > 0
     shade = 0.82 + 0.28 * np.clip(Y / ref_height, 0.0, 1.0)  # lit from above
     colour = np.empty(size + (3,), np.float32)
     for c in range(3):
         colour[..., c] = palette[part_index, c] * shade
     heat = temperatures[part_index] + np.float32(rng.normal(0.0, 6.0))
-    return (y0, y1, x0, x1), silhouette, colour, heat
+    return (y0, y1, x0, x1), silhouette, colour, heat, materials[part_index]
 
 
-def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "scenes/render") -> dict:
+def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "scenes/render", *,
+                  thermal: str = "simple", condition: str | None = None,
+                  condition_rng: np.random.Generator | None = None) -> dict:
     """Renders a layout into a sample record (see the data contracts).
 
     Appearance (colours, textures, noise) comes from ``rng``; geometry from the
     layout. Placements are drawn from far to near whatever their order in the
     layout; boxes are listed in layout order.
+
+    With a ``condition`` (one of :data:`scenes_conditions.CONDITIONS`) the record
+    also holds ``hazy``, the visible image in that condition (``image`` stays the
+    daylight one), and ``condition``; ``thermal="lwir"`` (which needs a condition)
+    renders ``thermal`` with the LWIR model instead of the simple rendering. Their
+    draws come from ``condition_rng`` (default: a generator spawned from ``rng``),
+    so ``image``, boxes, depth and mask are those of the plain rendering.
     """
+    if thermal not in conditions_lib.THERMAL_MODELS:
+        raise ValueError(f"render_layout: thermal must be one of {conditions_lib.THERMAL_MODELS}, "
+                         f"got {thermal!r}")
+    if thermal != "simple" and condition is None:
+        raise ValueError(f"render_layout: thermal={thermal!r} needs a condition (the time of day "
+                         f"and fog the infrared image is rendered in), one of "
+                         f"{conditions_lib.CONDITIONS}")
+    if condition is not None and condition not in conditions_lib.CONDITIONS:
+        raise ValueError(f"render_layout: unknown condition {condition!r}; choose from "
+                         f"{conditions_lib.CONDITIONS}")
     _check_size(layout.height, layout.width)
     if not 1.0 <= layout.horizon <= layout.height - 2:
         raise ValueError(f"render_layout: horizon row {layout.horizon!r} is outside the image")
@@ -506,16 +535,17 @@ def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "sc
         if not p.depth > 0:  # also rejects NaN
             raise ValueError(f"render_layout: placement depth must be > 0, got {p.depth!r} for {p.kind!r}")
     H, W = layout.height, layout.width
-    image, depth, heat = _background(layout, rng)
+    image, depth, heat, material = _background(layout, rng)
     label = np.zeros((H, W), np.uint8)
     instance = np.full((H, W), -1, np.int16)
+    owner = np.full((H, W), -1, np.int16)  # the layout item each pixel shows
     drawn = []  # (item index, class id, silhouette size, patch)
     for i in sorted(range(len(layout.items)), key=lambda k: -layout.items[k].depth):
         p = layout.items[i]
         result = _draw_item(p, layout, rng)
         if result is None:
             continue
-        (y0, y1, x0, x1), silhouette, colour, item_heat = result
+        (y0, y1, x0, x1), silhouette, colour, item_heat, item_material = result
         cls = CLASSES.index(p.kind) if p.kind in CLASSES else -1
         region = (slice(y0, y1), slice(x0, x1))
         np.copyto(image[region], colour, where=silhouette[..., None])
@@ -523,6 +553,8 @@ def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "sc
         np.copyto(depth[region], p.depth, where=silhouette, casting="unsafe")
         np.copyto(label[region], cls + 1, where=silhouette, casting="unsafe")
         np.copyto(instance[region], i if cls >= 0 else -1, where=silhouette, casting="unsafe")
+        np.copyto(material[region], item_material, where=silhouette)
+        np.copyto(owner[region], i, where=silhouette, casting="unsafe")
         if cls >= 0:
             drawn.append((i, cls, int(silhouette.sum()), (y0, y1, x0, x1)))
 
@@ -546,7 +578,7 @@ def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "sc
         image[..., c] = image[..., c] * brightness + grain
     np.clip(image, 0.0, 1.0, out=image)
     heat += (rng.random((H, W), dtype=np.float32) - 0.5) * np.float32(7.0)
-    return {
+    record = {
         "image": (image * 255.0 + 0.5).astype(np.uint8),
         "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
         "classes": np.asarray(classes, np.int32),
@@ -557,11 +589,25 @@ def render_layout(layout: Layout, rng: np.random.Generator, record_id: str = "sc
         "id": record_id,
         "valid": np.array(True),
     }
+    if condition is not None:
+        crng = condition_rng if condition_rng is not None else rng.spawn(1)[0]
+        weather = conditions_lib.draw_weather(condition, crng)
+        states = conditions_lib.object_states(layout.items, crng)
+        clean01 = record["image"].astype(np.float32) / np.float32(255.0)
+        record["hazy"] = conditions_lib.visible_image(layout, clean01, material, owner, depth,
+                                                      weather, states, crng)
+        if thermal == "lwir":
+            record["thermal"] = conditions_lib.lwir_image(layout, material, owner, depth, clean01,
+                                                          weather, states, crng)
+        record["condition"] = condition
+    return record
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int, record_id: str = "scenes/render") -> dict:
-    """Samples a layout with ``rng`` and renders it: one random sample record."""
-    return render_layout(sample_layout(rng, height, width), rng, record_id)
+def render_scene(rng: np.random.Generator, height: int, width: int, record_id: str = "scenes/render",
+                 **conditions) -> dict:
+    """Samples a layout with ``rng`` and renders it: one random sample record
+    (``conditions``: :func:`render_layout`'s keywords)."""
+    return render_layout(sample_layout(rng, height, width), rng, record_id, **conditions)
 
 
 class ScenesSource:
@@ -576,6 +622,13 @@ class ScenesSource:
       num_samples: length of the source.
       image_size: (height, width) in pixels, each at least 32.
       seed: non-negative integer selecting the dataset instance.
+      thermal: "simple" (every object hot over a cold background, in any weather) or
+        "lwir" (:mod:`adverse_vision.data.scenes_conditions`; needs ``conditions``).
+      conditions: names from :data:`scenes_conditions.CONDITIONS`; when given, sample
+        ``i`` is seen in one of them (drawn from ``[seed, split_code, i, 2]``): its
+        record holds ``hazy``, the visible image in that condition, and
+        ``condition``. Its draws come from ``[seed, split_code, i, 1]``, so the
+        daylight image, boxes, depth and mask do not change with these arguments.
     """
 
     def __init__(
@@ -584,6 +637,8 @@ class ScenesSource:
         num_samples: int = 1000,
         image_size: tuple[int, int] = (256, 256),
         seed: int = 0,
+        thermal: str = "simple",
+        conditions: tuple[str, ...] = (),
     ):
         if split not in _SPLIT_CODES:
             raise ValueError(f"ScenesSource: unknown split {split!r}; choose one of {tuple(_SPLIT_CODES)}")
@@ -594,6 +649,19 @@ class ScenesSource:
         if np.shape(image_size) != (2,):
             raise ValueError(f"ScenesSource: image_size must be (height, width), got {image_size!r}")
         _check_size(*image_size)
+        if thermal not in conditions_lib.THERMAL_MODELS:
+            raise ValueError(f"ScenesSource: thermal must be one of {conditions_lib.THERMAL_MODELS}, "
+                             f"got {thermal!r}")
+        conditions = tuple(conditions)
+        unknown = [c for c in conditions if c not in conditions_lib.CONDITIONS]
+        if unknown or len(set(conditions)) != len(conditions):
+            raise ValueError(f"ScenesSource: conditions must be distinct names from "
+                             f"{conditions_lib.CONDITIONS}, got {conditions!r}")
+        if thermal != "simple" and not conditions:
+            raise ValueError(f"ScenesSource: thermal={thermal!r} needs conditions (the time of day "
+                             "and fog the infrared image is rendered in)")
+        self.thermal = thermal
+        self.conditions = conditions
         self.split = split
         self.num_samples = int(num_samples)
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -608,11 +676,20 @@ class ScenesSource:
             i += self.num_samples
         if not 0 <= i < self.num_samples:
             raise IndexError(f"ScenesSource: index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_CODES[self.split], i])
-        return render_scene(rng, *self.image_size, record_id=f"scenes/{self.split}/{i}")
+        key = [self.seed, _SPLIT_CODES[self.split], i]
+        rng = np.random.default_rng(key)
+        record_id = f"scenes/{self.split}/{i}"
+        if not self.conditions:
+            return render_scene(rng, *self.image_size, record_id=record_id)
+        pick = int(np.random.default_rng(key + [2]).integers(len(self.conditions)))
+        return render_scene(rng, *self.image_size, record_id=record_id, thermal=self.thermal,
+                            condition=self.conditions[pick],
+                            condition_rng=np.random.default_rng(key + [1]))
 
     def __repr__(self) -> str:
+        extra = (f", thermal={self.thermal!r}, conditions={self.conditions!r}"
+                 if self.conditions else "")
         return (
             f"ScenesSource(split={self.split!r}, num_samples={self.num_samples}, "
-            f"image_size={self.image_size}, seed={self.seed})"
+            f"image_size={self.image_size}, seed={self.seed}{extra})"
         )
