@@ -1,4 +1,4 @@
-"""Image degradations: haze, Gaussian noise, low light, rain and snow.
+"""Image degradations: haze (even or patchy), Gaussian noise, low light, rain and snow.
 
 Every function takes a float image in [0, 1] shaped (H, W, 3), or a batch shaped
 (N, H, W, 3), and a ``numpy.random.Generator`` that supplies all randomness, and
@@ -31,13 +31,14 @@ __all__ = [
     "haze",
     "haze_distance",
     "low_light",
+    "patchy_haze",
     "rain",
     "snow",
     "transmission",
     "vocfog_depth",
 ]
 
-DEGRADATIONS = ("none", "haze", "noise", "low_light", "rain", "snow")
+DEGRADATIONS = ("none", "haze", "patchy_haze", "noise", "low_light", "rain", "snow")
 
 # Scene depths below this fraction of an image's farthest depth are raised to it
 # before the logarithmic normalisation in `haze_distance` (caps the dynamic range).
@@ -184,6 +185,68 @@ def haze(
     airlight = _column(_draw(rng, A, "A", n))
     t = transmission(d[..., None], _column(_draw(rng, beta, "beta", n)))
     return _finish(images * t + airlight * (1.0 - t), batched)
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """A smooth random field, float32 (height, width), N(0, 1) at the nodes of a coarse
+    grid of ``cells`` cells along the shorter side, bilinear in between."""
+    gh = max(1, round(cells * height / min(height, width)))
+    gw = max(1, round(cells * width / min(height, width)))
+    grid = rng.standard_normal((gh + 1, gw + 1)).astype(np.float32)
+    ys = (np.arange(height, dtype=np.float32) + 0.5) * (gh / height)
+    xs = (np.arange(width, dtype=np.float32) + 0.5) * (gw / width)
+    y0, x0 = np.minimum(ys.astype(np.int64), gh - 1), np.minimum(xs.astype(np.int64), gw - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    rows = grid[y0] * (1.0 - fy) + grid[y0 + 1] * fy
+    return rows[:, x0] * (1.0 - fx) + rows[:, x0 + 1] * fx
+
+
+def patchy_haze(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    depth: np.ndarray | None = None,
+    A=(0.7, 1.0),
+    beta=(0.05, 0.14),
+    variation=(0.3, 0.8),
+    cells=(2, 5),
+    tint=0.05,
+) -> np.ndarray:
+    """Non-homogeneous fog: :func:`haze` with a density that varies over the image and
+    a slightly coloured airlight, as real haze (RTTS) has and the even fog of the
+    training recipes has not.
+
+    ``beta(x, y) = beta * exp(variation * n(x, y))`` with ``n`` a smooth N(0, 1) field
+    over a grid of ``cells`` cells (banks and gaps of fog some tens of pixels wide);
+    the airlight of channel ``c`` is ``A * (1 + u_c)``, ``u_c`` uniform in
+    ``[-tint, tint]``. ``depth`` as in :func:`haze`. ``A``, ``beta``, ``variation``
+    and ``cells`` are numbers or ranges drawn per image (``cells`` rounded).
+    """
+    images, batched = _as_batch(image, "patchy_haze")
+    n, height, width, _ = images.shape
+    if depth is None:
+        d = np.broadcast_to(vocfog_depth(height, width), (n, height, width))
+    else:
+        depth = np.asarray(depth)
+        if (depth.ndim not in (2, 3) or depth.shape[-2:] != (height, width)
+                or (depth.ndim == 3 and depth.shape[0] != n)):
+            raise ValueError(f"patchy_haze: depth shape {depth.shape} does not match image "
+                             f"shape {image.shape}")
+        if not np.all(np.isfinite(depth)) or np.any(depth <= 0):
+            raise ValueError("patchy_haze: depth must be finite and > 0 everywhere")
+        d = np.broadcast_to(haze_distance(depth), (n, height, width))
+    if not _is_number(tint) or not 0.0 <= float(tint) < 1.0:
+        raise ValueError(f"parameter 'tint' must be a number in [0, 1), got {tint!r}")
+    a = _draw(rng, A, "A", n)
+    b = _draw(rng, beta, "beta", n)
+    v = _draw(rng, variation, "variation", n)
+    g = np.maximum(np.rint(_draw(rng, cells, "cells", n)), 1).astype(int)
+    out = np.empty_like(images)
+    for i in range(n):
+        field = b[i] * np.exp(v[i] * _smooth_field(rng, height, width, int(g[i])))
+        t = np.exp(-field * d[i])[..., None]
+        airlight = a[i] * (1.0 + rng.uniform(-tint, tint, 3)).astype(np.float32)
+        out[i] = images[i] * t + airlight * (1.0 - t)
+    return _finish(out, batched)
 
 
 # ---------------------------------------------------------------------------
@@ -382,6 +445,7 @@ def _identity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 _FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
     "none": _identity,
     "haze": haze,
+    "patchy_haze": patchy_haze,
     "noise": gaussian_noise,
     "low_light": low_light,
     "rain": rain,

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import ml_collections
 
-from adverse_vision.config import apply_variant_tokens, degrade_spec
+from adverse_vision.config import apply_variant_tokens, degrade_spec, eval_entry
 
 MODEL_SIZES = ("nano", "tiny", "s", "m", "l", "x")
 
@@ -49,6 +49,15 @@ def scenes_default(cfg: ml_collections.ConfigDict) -> None:
     cfg.data.num_train = 20_000
     cfg.data.num_val = 500
     cfg.data.scene_size = 320
+
+
+def heldout_fog(cfg: ml_collections.ConfigDict) -> None:
+    """Adds the evaluation ``heldout_fog``: the validation scenes in patchy fog
+    (``degrade.patchy_haze``: a density that varies over the image, a brighter, tinted
+    airlight), which training never sees: the stand-in for real haze (RTTS)."""
+    cfg.evals.heldout_fog = eval_entry(val_degrade=degrade_spec(
+        "patchy_haze", A=(0.7, 1.0), beta=(0.05, 0.14), variation=(0.3, 0.8), cells=(2, 5),
+        tint=0.05))
 
 
 def cpu_optimizer(cfg: ml_collections.ConfigDict) -> None:

@@ -15,10 +15,19 @@ Variants (comma-separated tokens after the colon):
   nano, s, m, l, x   choose the model size, keeping the rest.
   bf16     compute in bfloat16 (parameters, BatchNorm statistics and losses stay float32).
   clear    train and evaluate without fog (the restoration target is then the input).
+  heldout  also evaluate on the validation scenes in patchy fog that training never sees
+           (``evals.heldout_fog``, see ``configs/common.py:heldout_fog``).
+  nodecoder  the DTFE and SC modules without the restoration decoder and its loss
+           (``model.restore_weight=0``): separates the architecture from the
+           restoration loss.
+
+Starting from a pretrained detector, as the paper does (from COCO YOLOX): train YOLOX
+on the clear scenes, then pass its workdir as ``--config.model.init_from``; the
+backbone, neck and head load, the DTFE, SC blocks and decoder start fresh.
 """
 
 from adverse_vision import methods
-from configs.common import SIZES, scenes_default, scenes_smoke, scenes_tiny, variants
+from configs.common import SIZES, heldout_fog, scenes_default, scenes_smoke, scenes_tiny, variants
 
 #: Train steps of the ``tiny`` CPU run. One step (batch 16 at 160 px) measured 1.47 s
 #: on an idle 2-core CPU (`bench`), so 400 steps, two evaluations and compilation take
@@ -50,4 +59,8 @@ def get_config(arg: str = ""):
         c.checkpoint_every = 100
         c.data.num_train = 1600
 
-    return variants(c, arg, {"tiny": tiny, "smoke": smoke}, after=SIZES)
+    def nodecoder(c):
+        c.model.restore_weight = 0.0
+
+    return variants(c, arg, {"tiny": tiny, "smoke": smoke, "heldout": heldout_fog,
+                             "nodecoder": nodecoder}, after=SIZES)

@@ -9,10 +9,12 @@ Variants (comma-separated tokens after the colon):
   nano, s, m, l, x   choose the model size, keeping the rest.
   bf16     compute in bfloat16 (parameters and losses stay float32).
   clear    train and evaluate without fog.
+  heldout  also evaluate on the validation scenes in patchy fog that training never sees
+           (``evals.heldout_fog``, see ``configs/common.py:heldout_fog``).
 """
 
 from adverse_vision import methods
-from configs.common import SIZES, scenes_default, scenes_smoke, scenes_tiny, variants
+from configs.common import SIZES, heldout_fog, scenes_default, scenes_smoke, scenes_tiny, variants
 
 
 def get_config(arg: str = ""):
@@ -21,4 +23,5 @@ def get_config(arg: str = ""):
     c.model.loss = "yolox"
     c.optimizer.ema_decay = 0.9998
 
-    return variants(c, arg, {"tiny": scenes_tiny, "smoke": scenes_smoke}, after=SIZES)
+    return variants(c, arg, {"tiny": scenes_tiny, "smoke": scenes_smoke, "heldout": heldout_fog},
+                    after=SIZES)

@@ -210,3 +210,28 @@ def test_bad_inputs_get_clear_errors():
         degrade.low_light(_image(), rng, gamma=(1, 2, 3))
     with pytest.raises(ValueError, match="'size'"):
         degrade.snow(_image(), rng, size=0.0)
+
+
+def test_patchy_haze_is_haze_with_a_varying_density_and_tinted_airlight():
+    image = _image((32, 48, 3))
+    depth = np.repeat(np.linspace(2.0, 60.0, 48, dtype=np.float32)[None], 32, 0)
+    even = degrade.haze(image, np.random.default_rng(0), depth=depth, A=0.8, beta=0.1)
+    flat = degrade.patchy_haze(image, np.random.default_rng(0), depth=depth, A=0.8, beta=0.1,
+                               variation=0.0, tint=0.0)
+    np.testing.assert_allclose(flat, even, atol=1e-6)
+    # banks and gaps: at one depth, on a black image, the fog varies over the image
+    black, at_10m = np.zeros((64, 64, 3), np.float32), np.full((64, 64), 10.0, np.float32)
+    kw = dict(depth=at_10m, A=0.8, beta=0.1)
+    assert degrade.haze(black, np.random.default_rng(1), **kw)[..., 0].std() < 1e-6
+    patchy = degrade.patchy_haze(black, np.random.default_rng(1), variation=0.8, cells=3,
+                                 tint=0.0, **kw)
+    assert patchy[..., 0].std() > 0.02
+    # dense fog shows the airlight, each channel within the tint of A
+    veil = degrade.patchy_haze(black, np.random.default_rng(2), A=0.8, beta=5.0, variation=0.0,
+                               tint=0.05)
+    channels = veil.reshape(-1, 3).mean(0)
+    assert np.all(np.abs(channels / 0.8 - 1.0) <= 0.05 + 1e-6) and np.ptp(channels) > 0
+    with pytest.raises(ValueError, match="'tint'"):
+        degrade.patchy_haze(image, np.random.default_rng(0), tint=1.5)
+    with pytest.raises(ValueError, match="patchy_haze: depth shape"):
+        degrade.patchy_haze(image, np.random.default_rng(0), depth=np.ones((3, 3)))

@@ -177,3 +177,35 @@ def test_smoke_trains_and_evaluates_on_eight_devices(tmp_path):
     assert len(train) == 2 and all(np.isfinite(r["train/loss"]) for r in train)
     assert {"train/det", "train/obj", "train/num_fg"} <= set(train[0])
     assert any("val/psnr_restored" in r for r in records)
+
+
+def test_heldout_fog_and_nodecoder_variants():
+    from configs import yolox_scenes  # pylint: disable=import-outside-toplevel
+    for cfg in (togethernet_scenes.get_config("tiny,heldout"),
+                yolox_scenes.get_config("tiny,heldout")):
+        methods.validate(cfg)
+        spec = cfg.evals.heldout_fog.data.val_degrade
+        assert spec.name == "patchy_haze" and tuple(spec.A) == (0.7, 1.0)
+        assert cfg.data.val_degrade.name == "haze"  # training's own fog stays on val
+    joint = methods.build(togethernet_scenes.get_config("smoke,heldout"))
+    bare = methods.build(togethernet_scenes.get_config("smoke,heldout,nodecoder"))
+    assert joint.eval_restore and bare.cfg.model.restore_weight == 0.0
+    assert not bare.eval_restore  # an untrained decoder is not scored
+
+
+def test_a_pretrained_yolox_fills_togethernet_but_its_new_modules():
+    """``model.init_from`` loads by name and shape: every YOLOX variable has its
+    namesake in TogetherNet, which adds only the DTFE, the SC blocks and the decoder."""
+    from configs import yolox_scenes  # pylint: disable=import-outside-toplevel
+
+    def shapes(cfg):
+        method = methods.build(cfg)
+        tree = jax.eval_shape(method.init_variables, jax.random.key(0))
+        return {"/".join(str(k.key) for k in path): leaf.shape
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    yolox = shapes(yolox_scenes.get_config("smoke"))
+    together = shapes(togethernet_scenes.get_config("smoke"))
+    assert all(together.get(name) == shape for name, shape in yolox.items())
+    new = {name.split("/")[1] if name.split("/")[1] != "neck" else "/".join(name.split("/")[1:3])
+           for name in set(together) - set(yolox)}
+    assert new == {"dtfe", "decoder", "neck/sc1", "neck/sc2", "neck/sc3"}, new

@@ -55,8 +55,9 @@ a record's ``saliency`` is dropped unread and batches are unchanged.
 Degradation specs: ``{"name": "haze", "A": ..., "beta": ...}`` calls
 ``adverse_vision.degrade.apply(name, image01, rng, **params)``; ``{"name": "none"}``
 (or None) keeps the clean image; a list of specs picks one per sample uniformly.
-Haze receives the record's ``depth`` when there is one (else the degradation
-module's own default depth). Degradations are applied to the real-pixel part of
+A degradation with a ``depth`` parameter (haze, patchy haze) receives the
+record's ``depth`` when there is one (else the degradation module's own default
+depth). Degradations are applied to the real-pixel part of
 the letterboxed image only: padding stays the same grey in ``image`` and
 ``clean``. Records that already carry a degraded twin (``hazy``) use it instead.
 """
@@ -247,7 +248,7 @@ class _Processor:
         if y1 <= y0 or x1 <= x0:
             return clean
         params = {k: v for k, v in spec.items() if k != "name"}
-        if spec["name"] == "haze" and "depth" in record:
+        if "depth" in record and "depth" in _degrade_module().parameters(spec["name"]):
             params["depth"] = np.asarray(record["depth"], np.float32)[y0:y1, x0:x1]
         crop = clean[y0:y1, x0:x1].astype(np.float32) / 255.0
         out = np.asarray(_degrade_module().apply(spec["name"], crop, rng, **params), np.float32)

@@ -164,7 +164,10 @@ class TogetherNetMethod(DetectionMethod):
         """Whether evaluation restores images: only when an evaluation degrades them (the
         run's ``data.val_degrade`` or an ``evals`` entry's own), since the clear twin is
         then a reference (read when ``predict`` is traced); on an evaluation without
-        degradation the input's PSNR is then the cap, :data:`MAX_PSNR`."""
+        degradation the input's PSNR is then the cap, :data:`MAX_PSNR`. Never without
+        a restoration loss (``model.restore_weight`` 0): the decoder is not trained."""
+        if float(self.cfg.model.restore_weight) <= 0:
+            return False
         specs = [self.cfg.data.val_degrade] + [entry.data.val_degrade for entry in
                                                self.cfg.evals.values() if "val_degrade" in entry.data]
         return any(spec.name != "none" for value in specs

@@ -196,6 +196,16 @@ def test_haze_follows_scattering_model_and_uses_depth():
             np.testing.assert_array_equal(batch["clean"][j, :dy], aug.PAD_VALUE)
 
 
+def test_patchy_haze_uses_the_record_depth_too():
+    """Without variation or tint, patchy haze is the scattering model above: the same
+    images, so the record's depth reached it."""
+    src = ListSource(4, far_right=True, colour=230)
+    even = _take(_make(src, train=False, degrade=dict(HAZE, beta=0.1)), 1)[0]
+    patchy = _take(_make(src, train=False, degrade=dict(
+        HAZE, name="patchy_haze", beta=0.1, variation=0.0, tint=0.0)), 1)[0]
+    np.testing.assert_array_equal(patchy["image"], even["image"])
+
+
 def test_paired_augmentation_keeps_twins_aligned():
     # A source with its own degraded twin (255 - image): used as is, moved with image.
     nohsv = _take(_make(ListSource(8, with_hazy=True), augment={"hsv": None}), 2)
