@@ -16,7 +16,7 @@ METHOD_WORDS = re.compile(r"togethernet|dn-?hl|bdlf(?!usion)|depth_dehaze|depth-
                           r"[\"']detection[\"']", re.I)
 #: Where a method may not be named.
 SHARED = ("data", "convert", "trainer.py", "evaluate.py", "predict.py", "bench.py",
-          "samples.py", "versus.py", "workdir.py", "state.py", "config.py")
+          "samples.py", "versus.py", "workdir.py", "state.py", "config.py", "tabulate.py")
 
 
 def _modules() -> dict[str, str]:
