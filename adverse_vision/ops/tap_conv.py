@@ -140,8 +140,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
     pads = _pairs(padding, lhs.shape, rhs.shape, strides, dilation)
-    out_hw = [(n + lo + hi - (k - 1) * d - 1) // s + 1
-              for n, (lo, hi), k, d, s in zip(lhs.shape[1:3], pads, rhs.shape[:2], dilation, strides)]
+    out_hw = [(n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi), k, d, s
+              in zip(lhs.shape[1:3], pads, rhs.shape[:2], dilation, strides)]
     if not _rows_win(rhs.shape, strides, lhs.shape[0] * out_hw[0] * out_hw[1]):
         return plain()
     return _tap_conv(lhs, rhs, strides, pads, dilation, precision)
