@@ -4,14 +4,14 @@ r"""Tables of finished runs: one row per arm, mean +- sample std over its seeds.
       --arm "infrared only=runs/infrared_*" --columns night/mAP,day_clear/mAP,val/EN \
       [--paired "infrared only-visible only"] [--percent mAP]
 
-Each ``--arm NAME=PATTERN`` names the workdirs of one arm (a glob; one per seed). A
-column ``ENTRY/METRIC`` is the metric of evaluation ``ENTRY`` at the end of each run
-(``summary.json``'s ``evals``). Cells are ``mean ± std (n)`` over the arm's runs,
-then each run's value in seed order; a metric listed in ``--percent`` (default mAP)
-is shown x100. ``--paired A-B`` adds, per column, A's value minus B's for each seed
-both arms ran (matched by ``config.json``'s ``seed``), with their mean +- std: the
-comparison a seed-to-seed spread does not blur. A workdir without a summary, or
-whose run stopped before its last step, is an error naming it.
+Each ``--arm NAME=PATTERN`` names the workdirs of one arm (a glob of folders, one
+per seed). A column ``ENTRY/METRIC`` is the metric of evaluation ``ENTRY`` at the end
+of each run (``summary.json``'s ``evals``). Cells are ``mean ± std (each run)`` over
+the arm's runs in seed order; a metric listed in ``--percent`` (default mAP) is shown
+x100. ``--paired A-B`` adds, per column, A's value minus B's for each seed both arms
+ran (matched by ``config.json``'s ``seed``), with their mean ± std: the comparison a
+seed-to-seed spread does not blur. A workdir without a summary, or whose run stopped
+before its last step, is an error naming it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Run:
 def load_runs(pattern: str) -> list[Run]:
     """The finished runs whose workdirs match ``pattern``, in seed order."""
     folder, name = os.path.split(pattern.rstrip("/"))
-    workdirs = sorted(storage.glob(folder or ".", name))
+    workdirs = [p for p in storage.glob(folder or ".", name) if storage.isdir(p)]
     if not workdirs:
         raise ValueError(f"no workdir matches {pattern!r}")
     runs = []
@@ -151,7 +151,8 @@ def report(arm_specs: Sequence[str], columns: Sequence[str],
 
 def _define_flags():
     from absl import flags  # pylint: disable=import-outside-toplevel
-    flags.DEFINE_multi_string("arm", None, "NAME=PATTERN: the workdirs of one arm (a glob).")
+    flags.DEFINE_multi_string("arm", None, "NAME=PATTERN: the workdirs of one arm (a glob "
+                              "of folders).")
     flags.DEFINE_list("columns", None, "ENTRY/METRIC columns, e.g. val/mAP,night/mAP.")
     flags.DEFINE_multi_string("paired", [], "A-B: per-seed differences of two arms.")
     flags.DEFINE_list("percent", ["mAP"], "Metrics shown x100.")

@@ -25,6 +25,7 @@ def runs(tmp_path):
     for seed, (night, day) in enumerate([(0.10, 0.50), (0.20, 0.60)]):
         _run(tmp_path / f"vis_{seed}", seed, {"night": {"mAP": night, "EN": 5.0, "SCD": None},
                                               "day": {"mAP": day}})
+    (tmp_path / "ir_0.log").write_text("a file beside the workdirs: not a run")
     return tmp_path
 
 
