@@ -10,8 +10,9 @@ of each run (``summary.json``'s ``evals``). Cells are ``mean ± std (each run)``
 the arm's runs in seed order; a metric listed in ``--percent`` (default mAP) is shown
 x100. ``--paired A-B`` adds, per column, A's value minus B's for each seed both arms
 ran (matched by ``config.json``'s ``seed``), with their mean ± std: the comparison a
-seed-to-seed spread does not blur. A workdir without a summary, or whose run stopped
-before its last step, is an error naming it.
+seed-to-seed spread does not blur. A cell is n/a where a run lacks the metric (one
+arm's only); a column no run has, a workdir without a summary, or one whose run
+stopped before its last step is an error naming it.
 """
 
 from __future__ import annotations
@@ -58,18 +59,27 @@ def load_runs(pattern: str) -> list[Run]:
 
 
 def value(run: Run, column: str) -> float:
-    """``ENTRY/METRIC`` of one run (NaN when the run did not compute it)."""
+    """``ENTRY/METRIC`` of one run; NaN when the run did not compute it (a metric of
+    one arm only, such as a restored image's PSNR)."""
     entry, _, metric = column.partition("/")
     if not metric:
         raise ValueError(f"column {column!r} must be ENTRY/METRIC, e.g. val/mAP")
-    if entry not in run.evals:
-        raise ValueError(f"{run.workdir}: no evaluation {entry!r} (it has "
-                         f"{', '.join(run.evals) or 'none'})")
-    v = run.evals[entry].get(metric)
-    if v is None and metric not in run.evals[entry]:
-        raise ValueError(f"{run.workdir}: evaluation {entry!r} has no metric {metric!r} (it "
-                         f"has {', '.join(run.evals[entry])})")
+    v = run.evals.get(entry, {}).get(metric)
     return math.nan if v is None else float(v)
+
+
+def _check_columns(runs: Sequence[Run], columns: Sequence[str]) -> None:
+    """Every column is computed by at least one run (else it is a typo, named)."""
+    for column in columns:
+        entry, _, metric = column.partition("/")
+        if not metric:
+            raise ValueError(f"column {column!r} must be ENTRY/METRIC, e.g. val/mAP")
+        if not any(metric in r.evals.get(entry, {}) for r in runs):
+            entries = sorted({e for r in runs for e in r.evals})
+            metrics = sorted({m for r in runs for m in r.evals.get(entry, {})})
+            where = (f"its metrics: {', '.join(metrics)}" if metrics
+                     else f"the evaluations: {', '.join(entries) or 'none'}")
+            raise ValueError(f"no run has {column!r} ({where})")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -133,6 +143,7 @@ def report(arm_specs: Sequence[str], columns: Sequence[str],
            digits: int = 2) -> str:
     """The text ``python -m adverse_vision.tabulate`` prints."""
     arms = [(name, load_runs(pattern)) for name, pattern in map(_parse_arm, arm_specs)]
+    _check_columns([r for _, runs in arms for r in runs], columns)
     names = dict(arms)
     if len(names) != len(arms):
         raise ValueError("--arm: two arms of the same name")

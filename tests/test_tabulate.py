@@ -40,6 +40,12 @@ def test_table_and_paired_differences(runs):
                         "20.00 ± 10.00 (20.00 / 30.00 / 10.00) | 6.50 ± 0.00 (6.50 / 6.50 / 6.50)"
                         " | n/a |")
     assert lines[3].startswith("| visible-light | 0, 1 | 15.00 ± 7.07 (10.00 / 20.00) |")
+    # a metric of one arm only: n/a in the other's row
+    _run(runs / "restorer_0", 0, {"night": {"mAP": 0.5, "psnr": 21.0}, "day": {"mAP": 0.5}})
+    two = tabulate.report([f"restorer={runs}/restorer_*", f"infrared={runs}/ir_*"],
+                          ["night/psnr", "night/mAP"]).splitlines()
+    assert two[2] == "| restorer | 0 | 21.00 | 50.00 |"
+    assert two[3].startswith("| infrared | 0, 1, 2 | n/a | 70.00 ± 10.00")
     # seeds 0 and 1 only: night 60 and 40, day -30 and -30
     assert ("infrared minus visible-light, per seed: night/mAP 50.00 ± 14.14 (60.00 / 40.00); "
             "day/mAP -30.00 ± 0.00 (-30.00 / -30.00)") in text
@@ -48,9 +54,9 @@ def test_table_and_paired_differences(runs):
 def test_bad_input_is_named(runs):
     with pytest.raises(ValueError, match="no workdir matches"):
         tabulate.report([f"x={runs}/nothing_*"], ["night/mAP"])
-    with pytest.raises(ValueError, match="no evaluation 'dusk'"):
+    with pytest.raises(ValueError, match="no run has 'dusk/mAP' .the evaluations: day, night"):
         tabulate.report([f"x={runs}/ir_*"], ["dusk/mAP"])
-    with pytest.raises(ValueError, match="has no metric 'PSNR'"):
+    with pytest.raises(ValueError, match="no run has 'night/PSNR' .its metrics: EN, SCD, mAP"):
         tabulate.report([f"x={runs}/ir_*"], ["night/PSNR"])
     with pytest.raises(ValueError, match="must be ENTRY/METRIC"):
         tabulate.report([f"x={runs}/ir_*"], ["mAP"])
@@ -75,4 +81,4 @@ def test_command_line(runs):
                           f"ir={runs}/ir_*", "--columns", "dusk/mAP"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
-        "error: ") and "no evaluation 'dusk'" in bad.stderr
+        "error: ") and "no run has 'dusk/mAP'" in bad.stderr
