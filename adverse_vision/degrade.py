@@ -33,6 +33,7 @@ __all__ = [
     "low_light",
     "patchy_haze",
     "rain",
+    "smooth_field",
     "snow",
     "transmission",
     "vocfog_depth",
@@ -187,7 +188,7 @@ def haze(
     return _finish(images * t + airlight * (1.0 - t), batched)
 
 
-def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
     """A smooth random field, float32 (height, width), N(0, 1) at the nodes of a coarse
     grid of ``cells`` cells along the shorter side, bilinear in between."""
     gh = max(1, round(cells * height / min(height, width)))
@@ -242,7 +243,7 @@ def patchy_haze(
     g = np.maximum(np.rint(_draw(rng, cells, "cells", n)), 1).astype(int)
     out = np.empty_like(images)
     for i in range(n):
-        field = b[i] * np.exp(v[i] * _smooth_field(rng, height, width, int(g[i])))
+        field = b[i] * np.exp(v[i] * smooth_field(rng, height, width, int(g[i])))
         t = np.exp(-field * d[i])[..., None]
         airlight = a[i] * (1.0 + rng.uniform(-tint, tint, 3)).astype(np.float32)
         out[i] = images[i] * t + airlight * (1.0 - t)

@@ -10,8 +10,8 @@ sample from the listed ones:
   beta 0.08-0.16: the fog of the scenes' other recipes).
 * ``night``: the scene lit by 1-3 street lamps beside the road (pools of warm light,
   each a few metres wide on the ground, with the lamp heads' glare) over a faint
-  ambient light (0.5-3 % of daylight); running vehicles' head and tail lamps glow;
-  then the sensor noise of a dark exposure (shot and read noise).
+  ambient light (0.3-2 % of daylight); running vehicles' head and tail lamps glow;
+  then the sensor noise of a dark exposure (exposure gain 0.6-1, shot and read noise).
 * ``night_fog``: the night scene in fog with a dark airlight (A 0.03-0.12).
 
 With ``data.thermal="lwir"`` the infrared image comes from the model below, in the
@@ -24,7 +24,9 @@ same condition, instead of the simple rendering. It works in degrees Celsius:
   other ground ambient + ``S`` x 0-8 by day and 1-4 below ambient at night
   (radiative cooling); walls ambient + ``S`` x 0-10 (night + 0.5-4), windows
   reflecting the sky by day (2-6 below ambient) and leaking heat at night (+3-10);
-  tree crowns 3 below to 1 above ambient.
+  tree crowns 3 below to 1 above ambient. Smooth patches of warmer and cooler surface
+  (0.8 K on the ground at night, up to 3.8 K in full sun; less on objects) add the
+  clutter a sunlit scene has.
 * Per object, drawn per sample: a person's skin 30-34, clothing between ambient and
   skin (30-70 % of the difference gets through its insulation, plus sun); a vehicle runs or is
   parked (car 50 %, motorbike and bus 80 % running): running, its engine is 15-60
@@ -35,8 +37,8 @@ same condition, instead of the simple rendering. It works in degrees Celsius:
 * Fog attenuates the infrared far less than the visible light (extinction
   0.003-0.012 per metre, growing with the fog's density), towards the ambient
   temperature.
-* The camera: optics blur, half the visible resolution (registered back to the
-  visible grid bilinearly), temporal noise (NETD 0.04-0.1 K), column stripes
+* The camera: optics blur, a quarter of the visible resolution (a 640-pixel thermal
+  core beside a 2.5k visible camera; registered back to the visible grid bilinearly), temporal noise (NETD 0.04-0.1 K), column stripes
   (0.05-0.3 K) and pixel offsets (0.02-0.1 K) left after non-uniformity correction,
   and a linear automatic gain control that maps the frame's 1st-99.9th percentile of
   temperature (at least a 4 K span) onto 0-255.
@@ -70,7 +72,7 @@ MATERIALS = ("sky", "ground", "road", "marking", "clothing", "skin", "hair", "ty
 _M = {name: i for i, name in enumerate(MATERIALS)}
 
 #: The infrared sensor's pixel pitch in visible pixels.
-IR_DOWNSAMPLE = 2
+IR_DOWNSAMPLE = 4
 #: Fraction of vehicles of each class that run (engine, tyres and exhaust hot).
 RUNNING = {"car": 0.5, "motorbike": 0.8, "bus": 0.8}
 #: Engine temperature above ambient while running, per class (degrees).
@@ -215,7 +217,8 @@ def temperatures(layout: Any, material: np.ndarray, owner: np.ndarray, depth: np
     background = _background_temperatures(weather, rng)
     temp = background[material]
     ground = (material == _M["road"]) | (material == _M["ground"]) | (material == _M["marking"])
-    temp = temp + np.where(ground, 0.8, 0.2) * _smooth(rng, h, w, 12)
+    clutter = np.where(ground, 0.8 + 3.0 * weather.sun, 0.2 + 1.0 * weather.sun)
+    temp = temp + clutter * degrade.smooth_field(rng, h, w, 12)
     luma = clean01 @ np.array([0.299, 0.587, 0.114], np.float32)
     for i, p in enumerate(layout.items):
         where = owner == i
@@ -275,13 +278,6 @@ def _exhaust(layout: Any, p: Any, where: np.ndarray, rise: float) -> np.ndarray:
     return np.where(where, rise * spot, 0.0).astype(np.float32)
 
 
-def _smooth(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
-    """A smooth N(0, 1) field (bilinear over a coarse grid)."""
-    gh, gw = max(1, round(cells * h / min(h, w))), max(1, round(cells * w / min(h, w)))
-    grid = rng.standard_normal((gh + 1, gw + 1)).astype(np.float32)
-    return _to_visible_grid(grid, (h, w), max(1, min(h // gh, w // gw)))
-
-
 # ---------------------------------------------------------------------------
 # Visible camera
 
@@ -295,7 +291,7 @@ def _street_light(layout: Any, rng: np.random.Generator) -> tuple[np.ndarray, np
     h, w = layout.height, layout.width
     rows = np.arange(h, dtype=np.float32)[:, None] + 0.5
     cols = np.arange(w, dtype=np.float32)[None, :] + 0.5
-    light = np.full((h, w), rng.uniform(0.005, 0.03), np.float32)
+    light = np.full((h, w), rng.uniform(0.003, 0.02), np.float32)
     glare = np.zeros((h, w), np.float32)
     for _ in range(int(rng.integers(1, 4))):
         side = 1.0 if rng.random() < 0.5 else -1.0
@@ -305,7 +301,7 @@ def _street_light(layout: Any, rng: np.random.Generator) -> tuple[np.ndarray, np
         x = 0.5 * w + lateral * scale
         y = layout.horizon + layout.camera_height * scale
         radius = rng.uniform(4.0, 8.0) * scale
-        light += rng.uniform(0.5, 1.0) * np.exp(
+        light += rng.uniform(0.4, 0.9) * np.exp(
             -((cols - x) ** 2 + (rows - y) ** 2) / (2.0 * radius * radius))
         head_y = layout.horizon + (layout.camera_height - 6.0) * scale
         head_r = max(0.3 * scale, 0.7)
@@ -332,6 +328,6 @@ def visible_image(layout: Any, clean01: np.ndarray, material: np.ndarray, owner:
         airlight = (0.03, 0.12) if weather.night else (0.6, 0.9)
         image = degrade.haze(np.clip(image, 0.0, 1.0), rng, depth=depth, A=airlight, beta=beta)
     if weather.night:
-        image = degrade.low_light(np.clip(image, 0.0, 1.0), rng, gamma=1.0, gain=(0.8, 1.2),
-                                  shot=(2e-3, 1e-2), read=(5e-3, 2e-2))
+        image = degrade.low_light(np.clip(image, 0.0, 1.0), rng, gamma=1.0, gain=(0.6, 1.0),
+                                  shot=(5e-3, 2e-2), read=(1e-2, 3e-2))
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
