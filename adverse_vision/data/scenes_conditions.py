@@ -43,9 +43,9 @@ same condition, instead of the simple rendering. It works in degrees Celsius:
   and a linear automatic gain control that maps the frame's 1st-99.9th percentile of
   temperature (at least a 4 K span) onto 0-255.
 
-So by day the visible camera sees everything and the thermal image has low contrast
-(sun-warmed ground, parked cars at the road's temperature); at night the visible
-camera sees what street lamps light, the thermal camera people and running
+By day the visible camera sees everything and the thermal image has lower contrast
+(sun-warmed, cluttered ground; parked cars at the road's temperature); at night the
+visible camera sees what street lamps light, the thermal camera people and running
 vehicles, while parked cars and bicycles fade into, or below, a warm road. Every
 draw is seeded per sample (see :class:`adverse_vision.data.scenes.ScenesSource`).
 """
