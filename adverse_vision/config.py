@@ -422,5 +422,9 @@ def _bf16(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _clear(cfg: ml_collections.ConfigDict) -> None:
-    cfg.data.degrade = _degrade("none")
-    cfg.data.val_degrade = _degrade("none")
+    """No degradation: replaces ``data.degrade`` and ``data.val_degrade`` whole (a
+    mixture of specs included) and drops the scenes' conditions."""
+    for key in ("degrade", "val_degrade"):
+        del cfg.data[key]
+        cfg.data[key] = _degrade("none")
+    cfg.data.conditions = ()

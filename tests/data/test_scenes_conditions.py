@@ -191,3 +191,14 @@ def test_daylight_only_sources_refuse_conditions():
     c.data.conditions = ("night",)
     with pytest.raises(ValueError, match="segmentation source renders the daylight scenes"):
         catalog.scenes_segmentation(None, c.data, "train", None)
+
+
+def test_clear_replaces_a_degradation_mixture():
+    """``clear`` on a config whose degradation is a mixture (the BDLF scenes' night or
+    fog) replaces it whole; on the conditions it leaves the thermal model without
+    them, which validation names."""
+    c = bdlf_scenes.get_config("smoke,clear")
+    methods.validate(c)
+    assert c.data.degrade.name == "none" and c.data.val_degrade.name == "none"
+    with pytest.raises(ConfigError, match="'data.thermal' is 'lwir', which needs"):
+        methods.validate(bdlf_scenes.get_config("smoke,lwir,clear"))
