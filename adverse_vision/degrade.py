@@ -39,7 +39,7 @@ __all__ = [
     "vocfog_depth",
 ]
 
-DEGRADATIONS = ("none", "haze", "patchy_haze", "noise", "low_light", "rain", "snow")
+DEGRADATIONS = ("none", "haze", "noise", "low_light", "rain", "snow", "patchy_haze")
 
 # Scene depths below this fraction of an image's farthest depth are raised to it
 # before the logarithmic normalisation in `haze_distance` (caps the dynamic range).
