@@ -17,6 +17,7 @@ is how configs select a degradation.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -151,6 +152,28 @@ def haze_distance(depth: np.ndarray) -> np.ndarray:
     return (d_lo + (d_hi - d_lo) * r).astype(np.float32)
 
 
+def _fog_distance(depth: np.ndarray | None, shape: tuple[int, ...], name: str,
+                  image_shape: tuple[int, ...]) -> np.ndarray:
+    """The fog distance of a batch of images shaped ``shape`` (N, H, W, C): the VOC-FOG
+    pseudo-depth without ``depth``, else :func:`haze_distance` of it; (1 or N, H, W).
+    Errors name ``name`` and the caller's ``image_shape``."""
+    n, height, width, _ = shape
+    if depth is None:
+        return vocfog_depth(height, width)[None]
+    depth = np.asarray(depth)
+    if (
+        depth.ndim not in (2, 3)
+        or depth.shape[-2:] != (height, width)
+        or (depth.ndim == 3 and depth.shape[0] != n)
+    ):
+        raise ValueError(f"{name}: depth shape {depth.shape} does not match image shape "
+                         f"{image_shape}")
+    if not np.all(np.isfinite(depth)) or np.any(depth <= 0):
+        raise ValueError(f"{name}: depth must be finite and > 0 everywhere")
+    d = haze_distance(depth)
+    return d if d.ndim == 3 else d[None]
+
+
 def haze(
     image: np.ndarray,
     rng: np.random.Generator,
@@ -168,21 +191,8 @@ def haze(
     or (low, high) ranges drawn once per image.
     """
     images, batched = _as_batch(image, "haze")
-    n, height, width, _ = images.shape
-    if depth is None:
-        d = vocfog_depth(height, width)[None]
-    else:
-        depth = np.asarray(depth)
-        if (
-            depth.ndim not in (2, 3)
-            or depth.shape[-2:] != (height, width)
-            or (depth.ndim == 3 and depth.shape[0] != n)
-        ):
-            raise ValueError(f"haze: depth shape {depth.shape} does not match image shape {image.shape}")
-        if not np.all(np.isfinite(depth)) or np.any(depth <= 0):
-            raise ValueError("haze: depth must be finite and > 0 everywhere")
-        d = haze_distance(depth)
-        d = d if d.ndim == 3 else d[None]
+    n = images.shape[0]
+    d = _fog_distance(depth, images.shape, "haze", np.shape(image))
     airlight = _column(_draw(rng, A, "A", n))
     t = transmission(d[..., None], _column(_draw(rng, beta, "beta", n)))
     return _finish(images * t + airlight * (1.0 - t), batched)
@@ -224,17 +234,7 @@ def patchy_haze(
     """
     images, batched = _as_batch(image, "patchy_haze")
     n, height, width, _ = images.shape
-    if depth is None:
-        d = np.broadcast_to(vocfog_depth(height, width), (n, height, width))
-    else:
-        depth = np.asarray(depth)
-        if (depth.ndim not in (2, 3) or depth.shape[-2:] != (height, width)
-                or (depth.ndim == 3 and depth.shape[0] != n)):
-            raise ValueError(f"patchy_haze: depth shape {depth.shape} does not match image "
-                             f"shape {image.shape}")
-        if not np.all(np.isfinite(depth)) or np.any(depth <= 0):
-            raise ValueError("patchy_haze: depth must be finite and > 0 everywhere")
-        d = np.broadcast_to(haze_distance(depth), (n, height, width))
+    d = np.broadcast_to(_fog_distance(depth, images.shape, "patchy_haze", np.shape(image)), (n, height, width))
     if not _is_number(tint) or not 0.0 <= float(tint) < 1.0:
         raise ValueError(f"parameter 'tint' must be a number in [0, 1), got {tint!r}")
     a = _draw(rng, A, "A", n)
@@ -454,6 +454,7 @@ _FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def parameters(name: str) -> tuple[str, ...]:
     """The parameters that configure degradation ``name`` (after ``image`` and ``rng``)."""
     if name not in _FUNCTIONS:
