@@ -53,6 +53,11 @@ from adverse_vision.models.batch_norm import per_device_statistics
 from adverse_vision.ops import tap_conv
 from adverse_vision.state import TrainState, abstract_state, create_state, make_optimizer
 
+#: JAX name scopes of the train step's loss (and gradients) and of its update, which
+#: adverse_vision.breakdown reads from the compiled program's metadata.
+LOSS_SCOPE = "loss"
+OPTIMIZER_SCOPE = "optimizer"
+
 log = logging.getLogger("adverse_vision")
 
 # Names kept here for the programs and notebooks that use them from the trainer.
@@ -170,20 +175,26 @@ class Trainer:
         rng = jax.random.fold_in(self.base_rng, state.step)
 
         grads_fn = getattr(self.method, "grads_fn", None)
-        if grads_fn is not None:  # methods whose gradients are not one loss's (bi-level)
-            loss, grads, model_state, metrics = grads_fn(
-                state.params, state.model_state, batch, rng, state.step, variant=variant)
-        else:
-            def loss_fn(params):
-                return self.method.loss_fn(params, state.model_state, batch, rng, state.step)
+        # The scopes name the loss's and the update's operations for
+        # adverse_vision.breakdown (metadata only: the program is the same).
+        with jax.named_scope(LOSS_SCOPE):
+            if grads_fn is not None:  # methods whose gradients are not one loss's (bi-level)
+                loss, grads, model_state, metrics = grads_fn(
+                    state.params, state.model_state, batch, rng, state.step, variant=variant)
+            else:
+                def loss_fn(params):
+                    return self.method.loss_fn(params, state.model_state, batch, rng,
+                                               state.step)
 
-            (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
-        if ema is not None:
-            ema = optim.ema_update(ema, params, self.cfg.optimizer.ema_decay, state.step + 1)
+                (loss, (model_state, metrics)), grads = jax.value_and_grad(
+                    loss_fn, has_aux=True)(state.params)
+        with jax.named_scope(OPTIMIZER_SCOPE):
+            updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema = state.ema_params
+            if ema is not None:
+                ema = optim.ema_update(ema, params, self.cfg.optimizer.ema_decay,
+                                       state.step + 1)
         metrics = dict(metrics, loss=loss, lr=self.schedule(state.step),
                        grad_norm=optax.global_norm(grads),
                        valid_samples=jnp.sum(batch["valid"].astype(jnp.int32)))

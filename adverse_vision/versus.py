@@ -46,6 +46,10 @@ from adverse_vision.errors import OfficialUnavailable
 #: The tasks timed unless a method names its own: our side of them is the run's train
 #: step and its prediction.
 TASKS = ("train step", "inference")
+#: The entry of an official side's ``info`` naming its networks (``{label: torch
+#: module}``, the loss modules too), for ``adverse_vision.breakdown``'s stage names;
+#: ``compare`` leaves it out of what it reports.
+NETWORKS = "networks"
 
 
 def import_torch():
@@ -208,7 +212,9 @@ def _ours(trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarray]],
     return fns
 
 
-def _sides(cfg, infer_batch: int = 0, infer_size: int = 0):
+def sides(cfg, infer_batch: int = 0, infer_size: int = 0):
+    """The run's trainers at the train and the inference batch (``"train"``,
+    ``"infer"``) and the first batch of each: the inputs both sides get."""
     from adverse_vision.trainer import Trainer  # pylint: disable=import-outside-toplevel
     infer_cfg = cfg.copy_and_resolve_references()
     infer_cfg.batch_size = infer_batch or cfg.batch_size
@@ -225,7 +231,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
       OfficialUnavailable: PyTorch or the checkout is missing, or the method has no
         official side (found before anything is compiled).
     """
-    trainers, batches = _sides(cfg, infer_batch, infer_size)
+    trainers, batches = sides(cfg, infer_batch, infer_size)
     method = trainers["train"].method
     official_fns, official_info = method.official_contenders(checkout, batches)
     ours_fns = dict(method.own_contenders(trainers, batches))
@@ -237,7 +243,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
             "infer_size": infer_size or cfg.image_size, "rounds": rounds, "warmup": warmup,
             "settle_s": settle_s,
             "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-            **official_info}
+            **{k: v for k, v in official_info.items() if k != NETWORKS}}
     return results, info
 
 

@@ -16,7 +16,8 @@ METHOD_WORDS = re.compile(r"togethernet|dn-?hl|bdlf(?!usion)|depth_dehaze|depth-
                           r"[\"']detection[\"']", re.I)
 #: Where a method may not be named.
 SHARED = ("data", "convert", "trainer.py", "evaluate.py", "predict.py", "bench.py",
-          "samples.py", "versus.py", "workdir.py", "state.py", "config.py", "tabulate.py")
+          "samples.py", "versus.py", "workdir.py", "state.py", "config.py", "tabulate.py",
+          "breakdown.py", "breakdown_torch.py", "ops/attention.py")
 
 
 def _modules() -> dict[str, str]:

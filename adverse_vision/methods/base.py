@@ -201,7 +201,9 @@ class Method:
         time, for ``python -m adverse_vision.versus``: ``({task: callable}, info)``, each
         callable running one ``"train step"`` or ``"inference"`` on the inputs ours gets
         (``batches["train"]``, ``batches["infer"]``: numpy batches of the run's data) and
-        returning when its work is done; ``info`` describes what was built.
+        returning when its work is done; ``info`` describes what was built, and its
+        ``versus.NETWORKS`` entry (``{label: torch module}``) names the modules whose
+        submodules ``python -m adverse_vision.breakdown`` splits the time by.
 
         Raises:
           OfficialUnavailable: one line on what is missing (by default: no official side)."""

@@ -114,7 +114,8 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
             (rgb - rgb.min()) / (rgb.max() - rgb.min())
 
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            versus.NETWORKS: {"Fusion_Network_IJ": net, "Fusionloss_grad2": criterion}}
     return {TASKS[0]: train_step, TASKS[1]: inference}, info
 
 

@@ -90,5 +90,6 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
                 conf_thres=0.5, nms_thres=0.3)
 
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            versus.NETWORKS: {"YoloBody": model, "YOLOLoss": detection_loss}}
     return {"train step": train_step, "inference": inference}, info

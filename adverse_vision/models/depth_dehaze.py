@@ -93,6 +93,7 @@ from adverse_vision.models.densenet import DenseNetEncoder, DenseNetLayout, reso
 from adverse_vision.models.layers import (Conv, TorchConvTranspose, remat, torch_bias_init,
                                           torch_kernel_init)
 from adverse_vision.models.togethernet import resize_bilinear_align_corners
+from adverse_vision.ops.attention import attention
 
 Dtype = Any
 
@@ -344,9 +345,7 @@ class ReducedAttention(nn.Module):
         kv = _dense(2 * c, "kv", **kw)(y).reshape(b, -1, 2, self.num_heads, head)
         k, v = kv[:, :, 0], kv[:, :, 1]
         q = q * jnp.asarray(head ** -0.5, q.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, h, w, c)
+        out = attention(q, k, v, self.dtype).reshape(b, h, w, c)
         return _dense(c, "proj", **kw)(out)
 
 

@@ -79,6 +79,7 @@ from adverse_vision.models.layers import (
     torch_kernel_init,
 )
 from adverse_vision.models.yolox import PAFPN, YOLOX, YOLOXSize
+from adverse_vision.ops.attention import attention
 from adverse_vision.ops.deform_conv import ModulatedDeformConv
 
 Dtype = Any
@@ -288,9 +289,7 @@ class MultiheadAttention(nn.Module):
 
         qh, kh, vh = project(q, 0), project(k, 1), project(v, 2)
         qh = qh * jnp.asarray(1.0 / math.sqrt(head), qh.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, vh).reshape(*q.shape[:-1], c)
+        out = attention(qh, kh, vh, self.dtype).reshape(*q.shape[:-1], c)
         return nn.Dense(c, kernel_init=torch_kernel_init, bias_init=nn.initializers.zeros,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="out_proj")(out)
 

@@ -56,5 +56,5 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
             net(x)
 
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), versus.NETWORKS: {"multi_Net": net}}
     return {"inference": inference}, info

@@ -266,5 +266,6 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
 
     info = {"official_label": "official (Caffe prototxt, PyTorch ops)",
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "official_parameters": sum(p.numel() for p in params)}
+            "official_parameters": sum(p.numel() for p in params),
+            versus.NETWORKS: {"denoiser": net}}
     return {"train step": train_step, "inference": inference}, info

@@ -1,0 +1,76 @@
+"""Attention in chunks of queries: the numbers of one piece (to float32 rounding), in
+bounded memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adverse_vision.models.depth_dehaze import TfuseNet
+from adverse_vision.ops import attention as attention_lib
+from adverse_vision.ops.attention import attention, query_chunk
+
+
+def _qkv(b=2, n=300, m=40, h=2, d=8, e=6, seed=0):
+    r = np.random.default_rng(seed)
+    return (jnp.asarray(r.standard_normal(shape), jnp.float32)
+            for shape in ((b, n, h, d), (b, m, h, d), (b, m, h, e)))
+
+
+def _one_piece(q, k, v):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+def test_chunks_of_queries_give_the_numbers_of_one_piece():
+    q, k, v = _qkv()
+    whole = jax.jit(attention)(q, k, v)
+    np.testing.assert_allclose(whole, _one_piece(q, k, v), rtol=1e-5, atol=1e-6)
+    # 2 * 2 * 64 * 40 logits per chunk: 64 queries, 300 padded to 320.
+    assert query_chunk(2, 300, 2, 40, max_logits=0, logits_per_chunk=10240) == 64
+    chunked = jax.jit(lambda q, k, v: attention(q, k, v, max_logits=0,
+                                                logits_per_chunk=10240))(q, k, v)
+    assert chunked.shape == (2, 300, 2, 6)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_through_the_chunks_match():
+    q, k, v = _qkv(n=100)
+
+    def loss(args, **kw):
+        return jnp.sum(jnp.sin(attention(*args, **kw)))
+
+    whole = jax.grad(loss)((q, k, v))
+    chunked = jax.grad(lambda a: loss(a, max_logits=0, logits_per_chunk=2 * 2 * 32 * 40))(
+        (q, k, v))
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_sizes():
+    assert query_chunk(1, 100, 1, 10, max_logits=1000) == 100  # fits: one piece
+    assert query_chunk(1, 102400, 1, 6400, max_logits=0, logits_per_chunk=2 ** 20) == 128
+    assert query_chunk(1, 10 ** 6, 4, 10 ** 6, max_logits=0, logits_per_chunk=10) == 16
+    assert query_chunk(1, 8, 1, 10 ** 6, max_logits=0, logits_per_chunk=10) == 8
+    # The module's defaults: the dehazer's 640x640 blocks (2.6 GB of logits) in one
+    # piece, a 1024x1024 image's (17 GB) in chunks.
+    assert query_chunk(1, 320 * 320, 1, 80 * 80) == 320 * 320
+    assert query_chunk(1, 512 * 512, 1, 128 * 128) < 512 * 512
+
+
+def test_shapes_that_do_not_fit_are_refused():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="queries \\(B, N, H, D\\)"):
+        attention(q, k[:, :, :1], v)
+    with pytest.raises(ValueError, match="queries"):
+        attention(q[0], k, v)
+
+
+def test_the_dehazer_in_chunks_is_the_dehazer(monkeypatch):
+    net = TfuseNet(dim=8)
+    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
+    variables = net.init(jax.random.key(1), x, x)
+    whole = net.apply(variables, x, x)
+    monkeypatch.setattr(attention_lib, "MAX_LOGITS", 0)
+    monkeypatch.setattr(attention_lib, "LOGITS_PER_CHUNK", 4 * 16)
+    np.testing.assert_allclose(net.apply(variables, x, x), whole, rtol=1e-5, atol=1e-6)
