@@ -29,8 +29,10 @@ left to the operations inside it. Two limits, both printed with each table: wher
 operations overlap most of the time, an operation waiting for a core is charged like
 one running, so a small stage beside a large one can look larger than it is; and the
 profiler itself can slow a program (the traced and the untraced seconds per call are
-both given). An executable that JAX's persistent compilation cache served carries the
-names of the program it was first compiled from.
+both given). The profiler keeps the whole trace in memory (a denoiser's train step at
+batch 64: 5.9 GB peak with one call), so ``--calls`` is best kept small. An executable
+that JAX's persistent compilation cache served carries the names of the program it
+was first compiled from.
 
 ``--official CHECKOUT`` splits the official implementation's tasks the same way
 (:mod:`adverse_vision.breakdown_torch`), on the inputs ``versus`` gives it.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import glob
 import json
 import os
@@ -294,7 +297,10 @@ def profile(task: str, call: Callable[[], Any], hlo_text: str, calls: int = 3,
     for _ in range(warmup):
         call()
     with tempfile.TemporaryDirectory(prefix="breakdown_") as folder:
-        jax.profiler.start_trace(folder)
+        options = jax.profiler.ProfileOptions()
+        options.python_tracer_level = 0  # no Python frames: XLA's operations are enough
+        options.enable_hlo_proto = False
+        jax.profiler.start_trace(folder, profiler_options=options)
         try:
             start = time.perf_counter()
             for _ in range(calls):
@@ -410,6 +416,10 @@ def official(cfg, checkout: str, calls: int = 3, depth: int = 1, infer_batch: in
                                      calls, wall, {(stage or OTHER, phase): v
                                                    for (stage, phase), v in seconds.items()},
                                      untraced_s=untraced))
+    # The official side's networks and buffers are not needed for ours: let them go.
+    info = {k: v for k, v in info.items() if k != versus.NETWORKS}
+    del fns, trainers, batches
+    gc.collect()
     return results, info
 
 
@@ -449,7 +459,7 @@ def main() -> int:
         except OfficialUnavailable as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(" ".join(f"{k}={v}" for k, v in info.items() if k != versus.NETWORKS))
+        print(" ".join(f"{k}={v}" for k, v in info.items()))
     results = ours(f.config, f.calls, f.depth, f.infer_batch, f.infer_size, f.tasks) + theirs
     print(table(results))
     if f.json:
