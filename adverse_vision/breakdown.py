@@ -85,6 +85,11 @@ class Program:
     op_names: Mapping[str, str]
     control: frozenset
 
+    @property
+    def trains(self) -> bool:
+        """Whether it is a train step (it has the trainer's loss scope)."""
+        return any(n.split("/")[1:2] == [LOSS_SCOPE] for n in self.op_names.values())
+
     @classmethod
     def from_hlo(cls, hlo_text: str) -> "Program":
         """From a compiled program's HLO text (``compiled.as_text()``)."""
@@ -154,11 +159,13 @@ def _inherit(op_names: dict[str, str], operands: Mapping[str, list[str]]) -> Non
                     break
 
 
-def stage_of(op_name: str, depth: int = 1) -> tuple[str, str]:
+def stage_of(op_name: str, depth: int = 1, train: bool = True) -> tuple[str, str]:
     """``(stage, phase)`` of an operation made under the JAX name stack ``op_name``
     (see the module docstring). ``depth`` >= 1 submodule names make the stage; method
     scopes (``Net.features``) are skipped, and the last component (the primitive) is
-    never one."""
+    never one. Outside every module and scope, an operation of a ``train`` step that
+    no derivative made is part of the update (gradient norm, metrics); of a
+    prediction, of its forward pass (decoding, NMS)."""
     parts = op_name.split("/")[1:]  # drop the jit(...) of the program itself
     backward = any(p.startswith("transpose(") for p in parts)
     if OPTIMIZER_SCOPE in parts[:1]:
@@ -175,7 +182,7 @@ def stage_of(op_name: str, depth: int = 1) -> tuple[str, str]:
         return ("/".join(path[:depth]) if path else f"({cls})"), phase
     if LOSS_SCOPE in parts[:1]:
         return LOSS_SCOPE, phase
-    return OTHER, ("update" if not backward and "jvp(" not in op_name else phase)
+    return OTHER, ("update" if train and not backward and "jvp(" not in op_name else phase)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +287,7 @@ def attribute(program: Program, found: Iterable[Span], depth: int = 1
     out: dict[tuple[str, str], float] = collections.defaultdict(float)
     for name, ns in shares.per_name.items():
         op_name = program.op_names.get(name)
-        key = stage_of(op_name, depth) if op_name else (OTHER, "forward")
+        key = stage_of(op_name, depth, program.trains) if op_name else (OTHER, "forward")
         out[key] += ns * 1e-9
     return dict(out), shares.overlapped_ns * 1e-9
 

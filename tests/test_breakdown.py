@@ -40,6 +40,10 @@ def test_an_operation_is_named_by_its_module_path_and_direction(op_name, depth, 
     assert breakdown.stage_of(op_name, depth) == expected
 
 
+def test_a_prediction_s_own_operations_are_its_forward_pass():
+    assert breakdown.stage_of("jit(predict)/vmap()/top_k", train=False) == ("other", "forward")
+
+
 def test_concurrent_operations_share_each_instant_equally():
     shares = breakdown.wall_shares([Span("a", 0, 10), Span("b", 5, 15), Span("c", 20, 22),
                                     Span("empty", 30, 30)])
@@ -72,7 +76,7 @@ ENTRY %main (p: f32[4]) -> f32[4] {
 
 def test_operations_without_a_name_stack_take_their_neighbours():
     program = breakdown.Program.from_hlo(_HLO)
-    assert program.module == "jit__step"
+    assert program.module == "jit__step" and program.trains
     assert program.op_names["fusion"] == "jit(_step)/loss/jvp(Net)/body/neg"  # its computation's
     assert program.op_names["copy.2"] == program.op_names["fusion"]  # its user's
     assert program.op_names["wrapped"] == program.op_names["fusion"]  # its operand's, not the update
@@ -128,6 +132,7 @@ def test_our_train_step_and_inference_are_split_by_the_network_s_parts():
     train, infer = ({stage for stage, _ in r.seconds} for r in results)
     assert {"backbone", "neck", "head", "loss", "optimizer"} <= train, train
     assert {"backbone", "neck", "head"} <= infer, infer
+    assert {phase for _, phase in results[1].seconds} == {"forward"}
     phases = breakdown.phase_totals(results[0])
     assert phases["forward"] > 0 and phases["backward"] > 0 and phases["update"] > 0
 
