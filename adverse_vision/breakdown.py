@@ -62,7 +62,6 @@ from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE, Trainer
 OTHER = "other"
 #: What a call's wall time holds beside its operations.
 OUTSIDE = "rest of the call (dispatch, gaps)"
-PHASES = ("forward", "backward", "update")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=")
 _OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
@@ -71,9 +70,11 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
 _OPERAND = re.compile(r"%(?P<name>[\w.\-]+)")
 _CALLS = re.compile(r"\bcalls=%?(?P<name>[\w.\-]+)")
 _MODULE = re.compile(r"^HloModule\s+(?P<name>[\w.\-]+)", re.MULTILINE)
+# A submodule's name in a name stack (not a method scope, a transformation or a named
+# operation such as an einsum's spec).
+_SUBMODULE = re.compile(r"^[A-Za-z_][\w\-]*$")
 # A Flax module's root in a name stack: its class name, inside transformations'
 # parentheses (``jvp(Net)``, ``transpose(jvp(Net))``, ``Net``).
-_SUBMODULE = re.compile(r"^[A-Za-z_][\w\-]*$")
 _ROOT = re.compile(r"^\(?(?:[a-z_]\w*\()*(?P<cls>_*[A-Z]\w*)\)*$")
 
 
