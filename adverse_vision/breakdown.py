@@ -55,8 +55,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 
 from adverse_vision import cli, parallel, storage, versus
-from adverse_vision.errors import OfficialUnavailable
-from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE, Trainer
+from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE
 
 #: The stage of operations outside every module and scope (metrics, step counter).
 OTHER = "other"
@@ -371,14 +370,14 @@ def phase_totals(r: Breakdown) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- our side
 
-def ours(cfg, calls: int = 3, depth: int = 1, infer_batch: int = 0, infer_size: int = 0,
-         tasks: Sequence[str] = ("train step", "inference")) -> list[Breakdown]:
-    """:func:`profile` of the run's train step and prediction (the same programs that
-    ``bench`` and ``versus`` time)."""
+def ours(trainers: Mapping[str, Any], batches: Mapping[str, Any], calls: int = 3,
+         depth: int = 1, tasks: Sequence[str] = versus.TASKS) -> list[Breakdown]:
+    """:func:`profile` of the run's train step and prediction (the programs that
+    ``bench`` and ``versus`` time), on ``versus.sides``' trainers and batches."""
     results = []
     if "train step" in tasks:
-        trainer = Trainer(cfg)
-        batch = parallel.global_batch(trainer.first_batch(), trainer.mesh)
+        trainer = trainers["train"]
+        batch = parallel.global_batch(batches["train"], trainer.mesh)
         state = [trainer.init_state()]
         compiled = trainer.train_step.lower(state[0], batch).compile()
 
@@ -388,11 +387,8 @@ def ours(cfg, calls: int = 3, depth: int = 1, infer_batch: int = 0, infer_size: 
 
         results.append(profile("train step", train, compiled.as_text(), calls, depth))
     if "inference" in tasks:
-        infer_cfg = cfg.copy_and_resolve_references()
-        infer_cfg.batch_size = infer_batch or cfg.batch_size
-        infer_cfg.image_size = infer_size or cfg.image_size
-        trainer = Trainer(infer_cfg)
-        batch = parallel.global_batch(trainer.first_batch(), trainer.mesh)
+        trainer = trainers["infer"]
+        batch = parallel.global_batch(batches["infer"], trainer.mesh)
         variables = trainer.init_state().eval_variables()
         compiled = jax.jit(trainer.method.predict_fn(restore=True)).lower(
             variables, batch).compile()
@@ -403,8 +399,8 @@ def ours(cfg, calls: int = 3, depth: int = 1, infer_batch: int = 0, infer_size: 
 
 # --------------------------------------------------------------------------- official
 
-def official(cfg, checkout: str, calls: int = 3, depth: int = 1, infer_batch: int = 0,
-             infer_size: int = 0, tasks: Sequence[str] = ("train step", "inference")
+def official(trainers: Mapping[str, Any], batches: Mapping[str, Any], checkout: str,
+             calls: int = 3, depth: int = 1, tasks: Sequence[str] = versus.TASKS
              ) -> tuple[list[Breakdown], dict[str, Any]]:
     """The same split of the official implementation's tasks, as ``versus`` builds them
     (``Method.official_contenders``) on the same inputs (:mod:`breakdown_torch`).
@@ -412,7 +408,6 @@ def official(cfg, checkout: str, calls: int = 3, depth: int = 1, infer_batch: in
     Raises:
       OfficialUnavailable: PyTorch or the checkout is missing, or no official side."""
     from adverse_vision import breakdown_torch  # pylint: disable=import-outside-toplevel
-    trainers, batches = versus.sides(cfg, infer_batch, infer_size)
     fns, info = trainers["train"].method.official_contenders(checkout, batches)
     results = []
     for task, fn in fns.items():
@@ -426,7 +421,7 @@ def official(cfg, checkout: str, calls: int = 3, depth: int = 1, infer_batch: in
                                      untraced_s=untraced))
     # The official side's networks and buffers are not needed for ours: let them go.
     info = {k: v for k, v in info.items() if k != versus.NETWORKS}
-    del fns, trainers, batches
+    del fns
     gc.collect()
     return results, info
 
@@ -441,7 +436,7 @@ def _define_flags():
                          "2: backbone/dark3).")
     flags.DEFINE_integer("infer_batch", 0, "Inference batch (0: the config's).")
     flags.DEFINE_integer("infer_size", 0, "Inference image size (0: the config's).")
-    flags.DEFINE_list("tasks", ["train step", "inference"], "Which programs to trace.")
+    flags.DEFINE_list("tasks", list(versus.TASKS), "Which programs to trace.")
     flags.DEFINE_string("official", None, "Also split the official implementation's "
                         "tasks (a checkout of its repository; PyTorch installed).")
     flags.DEFINE_string("json", None, "Also write every stage's seconds here.")
@@ -453,22 +448,20 @@ def main() -> int:
     f = flags.FLAGS
     if f.json is not None:
         cli.check_path(f.json, "--json", kind="file")
-    unknown = sorted(set(f.tasks) - {"train step", "inference"})
+    unknown = sorted(set(f.tasks) - set(versus.TASKS))
     if unknown:
-        raise ValueError(f"--tasks: unknown {unknown}; the tasks are 'train step', 'inference'")
+        raise ValueError(f"--tasks: unknown {unknown}; the tasks are {list(versus.TASKS)}")
     if f.depth < 1:
         raise ValueError(f"--depth must be at least 1, got {f.depth}")
+    if f.official is not None:
+        cli.check_path(f.official, "--official", write=False)
+    trainers, batches = versus.sides(f.config, f.infer_batch, f.infer_size)
     theirs: list[Breakdown] = []
     if f.official is not None:  # first: what is missing shows before anything compiles
-        cli.check_path(f.official, "--official", write=False)
-        try:
-            theirs, info = official(f.config, f.official, f.calls, f.depth, f.infer_batch,
-                                    f.infer_size, f.tasks)
-        except OfficialUnavailable as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        # OfficialUnavailable ends the program with its one line (cli.USER_ERRORS).
+        theirs, info = official(trainers, batches, f.official, f.calls, f.depth, f.tasks)
         print(" ".join(f"{k}={v}" for k, v in info.items()))
-    results = ours(f.config, f.calls, f.depth, f.infer_batch, f.infer_size, f.tasks) + theirs
+    results = ours(trainers, batches, f.calls, f.depth, f.tasks) + theirs
     print(table(results))
     if f.json:
         storage.write_text(f.json, json.dumps([r.summary() for r in results], indent=2))

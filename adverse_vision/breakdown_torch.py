@@ -2,16 +2,21 @@
 train step or inference, as ``versus`` runs it), for ``python -m
 adverse_vision.breakdown --official CHECKOUT``.
 
-While the calls run under ``torch.profiler``, global module hooks mark every module
-call at the stage depth: a module called by no other module is a root (the network, a
-loss module), and its stage is the first ``depth`` attribute names below it
-(``backbone``; ``backbone/dark3``); the root's own operations are ``(ClassName)``.
-Forward: each stage's marked span. Backward: each autograd function's run
-(``autograd::engine::evaluate_function``) counts for the stage of the forward operation
-that recorded it (the same sequence number); gradient accumulation into the leaves and
-backward functions of operations outside every module have no stage (``None``). The optimiser's
-``step`` (global optimiser hooks) is ``optimizer``. PyTorch on the CPU runs one
-operation at a time on the calling thread, so these spans do not overlap.
+While the calls run under ``torch.profiler``, global module hooks mark module calls:
+a module's path is its attribute path in the networks the official side names (its
+first network's stages go by that path alone, another's, such as a loss module's,
+under the network's label), else the path below the module that called it, else its
+class name as a root of its own. Each module call whose path, cut to ``depth`` names
+(``backbone``; ``backbone/dark3``), differs from the innermost open mark's opens a
+mark of its own: marks nest down to that depth, and a container whose ``forward`` is
+called directly (no hook) leaves its children to open them. Forward: each mark's span
+less the marks nested in it; a root's own operations are ``(ClassName)``. Backward:
+each autograd function's run (``autograd::engine::evaluate_function``) counts for the
+mark around the forward operation that recorded it (the same sequence number);
+gradient accumulation into the leaves and backward functions of operations outside
+every module have no stage (``None``). The optimiser's ``step`` (global optimiser
+hooks) is ``optimizer``. PyTorch on the CPU runs one operation at a time on the
+calling thread, so these spans do not overlap.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import collections
 import importlib
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from adverse_vision import versus
 from adverse_vision.trainer import OPTIMIZER_SCOPE
@@ -63,19 +68,15 @@ class _Marks:
 
     def _pre(self, module, args):  # pylint: disable=unused-argument
         path = self._path(module)
-        marks = [m for _, _, m in self.stack if m is not None]
-        in_stage = any(m.name.startswith(_STAGE) for m in marks)
-        mark = None
-        if len(path) == 1 and not marks:
-            mark = self._open(_ROOT + path[0])
-        elif len(path) > 1 and not in_stage:
-            # The first module called at or below the stage depth (containers whose
-            # forward is called directly pass no hook).
-            # Stages of the first network go by their own names, those of the others
-            # (a loss module's parts) under their network's.
+        marks = [m.name for _, _, m in self.stack if m is not None]
+        if len(path) == 1:
+            label = None if marks else _ROOT + path[0]
+        else:
             start = 1 if path[0] == self.first else 0
-            mark = self._open(_STAGE + "/".join(path[start:1 + self.depth]))
-        self.stack.append((module, path, mark))
+            label = _STAGE + "/".join(path[start:1 + self.depth])
+            if marks and marks[-1] == label:  # below the stage depth: the stage's own
+                label = None
+        self.stack.append((module, path, self._open(label) if label else None))
 
     def _post(self, module, args, output):  # pylint: disable=unused-argument
         if not self.stack or self.stack[-1][0] is not module:
@@ -103,51 +104,51 @@ class _Marks:
         self.stack.clear()
 
 
-def _stage_of_event(event) -> tuple[str, bool]:
-    """The stage of a forward operation's event: its nearest marked ancestor's
-    (``(stage, True)``), or ``(None, False)``."""
+def _label(event) -> Optional[str]:
+    """The stage a mark's event stands for (``(ClassName)`` for a root's); None for
+    an event that is no mark."""
+    if event.name.startswith(_STAGE):
+        return event.name[len(_STAGE):]
+    if event.name.startswith(_ROOT):
+        return f"({event.name[len(_ROOT):]})"
+    return None
+
+
+def _enclosing_mark(event):
+    """The nearest mark around an event, or None."""
     parent = event.cpu_parent
-    while parent is not None:
-        if parent.name.startswith(_STAGE):
-            return parent.name[len(_STAGE):], True
-        if parent.name.startswith(_ROOT):
-            return f"({parent.name[len(_ROOT):]})", True
+    while parent is not None and _label(parent) is None:
         parent = parent.cpu_parent
-    return None, False
+    return parent
+
+
+def _seconds(event) -> float:
+    return (event.time_range.end - event.time_range.start) * 1e-6  # microseconds
 
 
 def seconds_by_stage(events) -> dict[tuple[Any, str], float]:
     """Seconds per ``(stage, phase)`` of a profiler's events (see the module
     docstring), summed over every call they hold; ``None`` is no stage."""
     out: dict[tuple[Any, str], float] = collections.defaultdict(float)
-    forward_stage: dict[int, str] = {}
+    forward_stage: dict[int, Any] = {}
     for e in events:
-        span = (e.time_range.end - e.time_range.start) * 1e-6  # microseconds
-        if e.name.startswith(_STAGE):
-            out[(e.name[len(_STAGE):], "forward")] += span
-        elif e.name.startswith(_ROOT):
-            out[(f"({e.name[len(_ROOT):]})", "forward")] += span
+        label = _label(e)
+        if label is not None:
+            out[(label, "forward")] += _seconds(e)
+            # The mark around it holds its span: each counts its own time.
+            outer = _enclosing_mark(e)
+            if outer is not None:
+                out[(_label(outer), "forward")] -= _seconds(e)
         elif e.name.startswith(_UPDATE):
-            out[(e.name[len(_UPDATE):], "update")] += span
+            out[(e.name[len(_UPDATE):], "update")] += _seconds(e)
         elif e.sequence_nr >= 0 and not e.name.startswith(_BACKWARD):
-            stage, marked = _stage_of_event(e)
-            if marked:
-                forward_stage.setdefault(e.sequence_nr, stage)
+            outer = _enclosing_mark(e)
+            if outer is not None:
+                forward_stage.setdefault(e.sequence_nr, _label(outer))
     for e in events:
         if e.name.startswith(_BACKWARD) and (e.cpu_parent is None or not
                                              e.cpu_parent.name.startswith(_BACKWARD)):
-            span = (e.time_range.end - e.time_range.start) * 1e-6
-            out[(forward_stage.get(e.sequence_nr), "backward")] += span
-    # A root's span holds the spans of its stages: its own time is what they leave.
-    for e in events:
-        if not e.name.startswith(_STAGE):
-            continue
-        parent = e.cpu_parent
-        while parent is not None and not parent.name.startswith((_ROOT, _STAGE)):
-            parent = parent.cpu_parent
-        if parent is not None and parent.name.startswith(_ROOT):
-            out[(f"({parent.name[len(_ROOT):]})", "forward")] -= (
-                e.time_range.end - e.time_range.start) * 1e-6
+            out[(forward_stage.get(e.sequence_nr), "backward")] += _seconds(e)
     return dict(out)
 
 

@@ -29,8 +29,8 @@ class PathError(ValueError):
 
 # Errors whose message is the whole story: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    config_lib.ConfigError, ckpt_lib.CheckpointError, errors.RunStopped, FileNotFoundError,
-    ValueError)
+    config_lib.ConfigError, ckpt_lib.CheckpointError, errors.RunStopped,
+    errors.OfficialUnavailable, FileNotFoundError, ValueError)
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Also show the INFO log of the libraries (orbax, jax, grain, ...); "

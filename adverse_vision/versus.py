@@ -268,12 +268,9 @@ def main() -> int:
     if f.json is not None:
         cli.check_path(f.json, "--json", kind="file")
     cli.check_path(f.official, "--official", write=False)
-    try:
-        results, info = compare(f.config, f.official, f.rounds, f.warmup, f.infer_batch,
-                                f.infer_size, f.settle)
-    except OfficialUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # OfficialUnavailable ends the program with its one line (cli.USER_ERRORS).
+    results, info = compare(f.config, f.official, f.rounds, f.warmup, f.infer_batch,
+                            f.infer_size, f.settle)
     print(" ".join(f"{k}={v}" for k, v in info.items() if k != "model"))
     print(table(results, info.get("official_label", "official")))
     if f.json:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from adverse_vision import breakdown
+from adverse_vision import breakdown, versus
 from adverse_vision.breakdown import Span
 from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE
 from tests.helpers import smoke_config
@@ -126,8 +126,8 @@ def test_a_compiled_step_is_split_by_module_loss_and_update():
 
 
 def test_our_train_step_and_inference_are_split_by_the_network_s_parts():
-    results = breakdown.ours(smoke_config(batch_size=8), calls=1, infer_batch=8,
-                             infer_size=64)
+    trainers, batches = versus.sides(smoke_config(batch_size=8), infer_batch=8, infer_size=64)
+    results = breakdown.ours(trainers, batches, calls=1)
     assert [r.task for r in results] == ["train step", "inference"]
     train, infer = ({stage for stage, _ in r.seconds} for r in results)
     assert {"backbone", "neck", "head", "loss", "optimizer"} <= train, train
@@ -170,11 +170,12 @@ def test_an_official_pytorch_step_is_split_by_its_named_submodules():
         def __init__(self):
             super().__init__()
             self.backbone = Body()
+            self.neck = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU())
             self.head = torch.nn.Conv2d(8, 2, 1)
 
         def forward(self, x):
-            # A container called through forward() passes no hook.
-            return torch.tanh(self.head(self.backbone.forward(x)))
+            # A container called through forward() passes no hook; the neck's does.
+            return torch.tanh(self.head(self.neck(self.backbone.forward(x))))
 
     net, loss_fn = Net(), torch.nn.MSELoss()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -188,10 +189,11 @@ def test_an_official_pytorch_step_is_split_by_its_named_submodules():
 
     wall, seconds = breakdown_torch.profile(step, {"Net": net}, calls=2, depth=1)
     stages = set(seconds)
-    for stage in ("backbone", "head"):
+    for stage in ("backbone", "neck", "head"):
         assert (stage, "forward") in stages and (stage, "backward") in stages, stages
     assert ("(Net)", "backward") in stages  # the tanh, the root's own
     assert ("(MSELoss)", "forward") in stages and ("optimizer", "update") in stages
     assert 0 < sum(seconds.values()) <= wall * 1.001
     _, deeper = breakdown_torch.profile(step, {"Net": net}, calls=1, depth=2)
-    assert {("backbone/stem", "forward"), ("backbone/dark", "backward")} <= set(deeper)
+    assert {("backbone/stem", "forward"), ("backbone/dark", "backward"),
+            ("neck/0", "forward"), ("neck/1", "backward")} <= set(deeper), deeper
