@@ -50,7 +50,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 
@@ -370,11 +370,33 @@ def phase_totals(r: Breakdown) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- our side
 
+def method_tasks(method) -> tuple[str, ...]:
+    """The tasks ``versus`` times for ``method``: its own (``Method.contender_tasks``)
+    or the standard ``versus.TASKS``."""
+    return tuple(method.contender_tasks or versus.TASKS)
+
+
 def ours(trainers: Mapping[str, Any], batches: Mapping[str, Any], calls: int = 3,
-         depth: int = 1, tasks: Sequence[str] = versus.TASKS) -> list[Breakdown]:
-    """:func:`profile` of the run's train step and prediction (the programs that
-    ``bench`` and ``versus`` time), on ``versus.sides``' trainers and batches."""
+         depth: int = 1, tasks: Optional[Sequence[str]] = None) -> list[Breakdown]:
+    """:func:`profile` of the programs ``versus`` times for ``tasks`` (default: every
+    task of the method, :func:`method_tasks`), on ``versus.sides``' trainers and
+    batches: the run's train step and prediction (the programs ``bench`` times too),
+    or the method's own program of a task (``Method.own_contenders``, e.g. BDLF's
+    fusion network alone).
+
+    Raises:
+      ValueError: an own contender of a task is not one compiled program
+        (``versus.Compiled``)."""
     results = []
+    method = trainers["train"].method
+    tasks = method_tasks(method) if tasks is None else tasks
+    own = method.own_contenders(trainers, batches) if method.contender_tasks else {}
+    for task in [t for t in tasks if t in own]:
+        if not isinstance(own[task], versus.Compiled):
+            raise ValueError(f"breakdown: our side of {task!r} is not one compiled program "
+                             "(Method.own_contenders should return versus.Compiled)")
+        results.append(profile(task, own[task], own[task].hlo_text, calls, depth))
+    tasks = [t for t in tasks if t not in own]
     if "train step" in tasks:
         trainer = trainers["train"]
         batch = parallel.global_batch(batches["train"], trainer.mesh)
@@ -400,7 +422,7 @@ def ours(trainers: Mapping[str, Any], batches: Mapping[str, Any], calls: int = 3
 # --------------------------------------------------------------------------- official
 
 def official(trainers: Mapping[str, Any], batches: Mapping[str, Any], checkout: str,
-             calls: int = 3, depth: int = 1, tasks: Sequence[str] = versus.TASKS
+             calls: int = 3, depth: int = 1, tasks: Optional[Sequence[str]] = None
              ) -> tuple[list[Breakdown], dict[str, Any]]:
     """The same split of the official implementation's tasks, as ``versus`` builds them
     (``Method.official_contenders``) on the same inputs (:mod:`breakdown_torch`).
@@ -411,7 +433,7 @@ def official(trainers: Mapping[str, Any], batches: Mapping[str, Any], checkout: 
     fns, info = trainers["train"].method.official_contenders(checkout, batches)
     results = []
     for task, fn in fns.items():
-        if task in tasks:
+        if tasks is None or task in tasks:
             wall, seconds = breakdown_torch.profile(fn, info.get(versus.NETWORKS, {}), calls,
                                                     depth, warmup=2)
             untraced = untraced_seconds(fn, calls, warmup=0)
@@ -436,7 +458,8 @@ def _define_flags():
                          "2: backbone/dark3).")
     flags.DEFINE_integer("infer_batch", 0, "Inference batch (0: the config's).")
     flags.DEFINE_integer("infer_size", 0, "Inference image size (0: the config's).")
-    flags.DEFINE_list("tasks", list(versus.TASKS), "Which programs to trace.")
+    flags.DEFINE_list("tasks", None, "Which programs to trace (default: every task versus "
+                      "times for the method: train step, inference, or the method's own).")
     flags.DEFINE_string("official", None, "Also split the official implementation's "
                         "tasks (a checkout of its repository; PyTorch installed).")
     flags.DEFINE_string("json", None, "Also write every stage's seconds here.")
@@ -448,20 +471,23 @@ def main() -> int:
     f = flags.FLAGS
     if f.json is not None:
         cli.check_path(f.json, "--json", kind="file")
-    unknown = sorted(set(f.tasks) - set(versus.TASKS))
-    if unknown:
-        raise ValueError(f"--tasks: unknown {unknown}; the tasks are {list(versus.TASKS)}")
     if f.depth < 1:
         raise ValueError(f"--depth must be at least 1, got {f.depth}")
     if f.official is not None:
         cli.check_path(f.official, "--official", write=False)
     trainers, batches = versus.sides(f.config, f.infer_batch, f.infer_size)
+    known = method_tasks(trainers["train"].method)
+    tasks = f.tasks or list(known)
+    unknown = sorted(set(tasks) - set(known))
+    if unknown:  # before anything compiles
+        raise ValueError(f"--tasks: unknown {unknown}; the tasks of method "
+                         f"{f.config.method!r} are {list(known)}")
     theirs: list[Breakdown] = []
     if f.official is not None:  # first: what is missing shows before anything compiles
         # OfficialUnavailable ends the program with its one line (cli.USER_ERRORS).
-        theirs, info = official(trainers, batches, f.official, f.calls, f.depth, f.tasks)
+        theirs, info = official(trainers, batches, f.official, f.calls, f.depth, tasks)
         print(" ".join(f"{k}={v}" for k, v in info.items()))
-    results = ours(trainers, batches, f.calls, f.depth, f.tasks) + theirs
+    results = ours(trainers, batches, f.calls, f.depth, tasks) + theirs
     print(table(results))
     if f.json:
         storage.write_text(f.json, json.dumps([r.summary() for r in results], indent=2))

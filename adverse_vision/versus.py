@@ -105,6 +105,18 @@ def import_from_checkout(checkout: str, module: str, names: Sequence[str]) -> li
             from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """One of our contenders that runs one compiled program: ``call()`` runs it once
+    and waits for it; ``hlo_text`` is the program's optimised HLO
+    (``compiled.as_text()``), by which ``breakdown`` names its operations."""
+    call: Callable[[], Any]
+    hlo_text: str
+
+    def __call__(self) -> Any:
+        return self.call()
+
+
 @dataclasses.dataclass
 class TaskResult:
     """The seconds of one task's timed calls, per side, in the order they ran."""

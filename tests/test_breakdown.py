@@ -13,7 +13,7 @@ import pytest
 from adverse_vision import breakdown, versus
 from adverse_vision.breakdown import Span
 from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE
-from tests.helpers import smoke_config
+from tests.helpers import bdlf_smoke_config, smoke_config
 
 
 @pytest.mark.parametrize("op_name, depth, expected", [
@@ -137,13 +137,26 @@ def test_our_train_step_and_inference_are_split_by_the_network_s_parts():
     assert phases["forward"] > 0 and phases["backward"] > 0 and phases["update"] > 0
 
 
+def test_a_method_s_own_program_is_split_in_its_place():
+    """BDLF times its fusion network alone (Method.own_contenders): that program is split."""
+    trainers, batches = versus.sides(bdlf_smoke_config(), infer_batch=8, infer_size=64)
+    results = breakdown.ours(trainers, batches, calls=1)
+    assert [r.task for r in results] == ["fusion train step", "fusion inference"]
+    train, infer = ({stage for stage, _ in r.seconds} for r in results)
+    assert {"DRDB1", "DRDB2", "loss", "optimizer"} <= train, train
+    assert "detector" not in " ".join(train) and {"DRDB1", "DRDB2"} <= infer, infer
+    assert ("DRDB1", "backward") in results[0].seconds
+
+
 def test_the_program_refuses_what_it_cannot_do(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "adverse_vision.breakdown", "--config",
          "configs/yolox_scenes.py:smoke", "--tasks", "train step,evaluate"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "--tasks: unknown ['evaluate']" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --tasks: unknown ['evaluate']; the tasks of method 'detection' are "
+        "['train step', 'inference']")
     proc = subprocess.run(
         [sys.executable, "-m", "adverse_vision.breakdown", "--config",
          "configs/yolox_scenes.py:smoke", f"--official={tmp_path}"],

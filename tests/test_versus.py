@@ -10,6 +10,7 @@ from adverse_vision import versus
 from adverse_vision.errors import OfficialUnavailable
 from adverse_vision.methods import detection as detection_method
 from adverse_vision.methods import bdlf_official, togethernet_official
+from adverse_vision.methods.bdlf import BDLFMethod
 from adverse_vision.methods.depth_dehaze import official as sdg_official
 from adverse_vision.methods.dnhl import official as dnhl_official
 from configs import sdg_scenes, togethernet_scenes
@@ -132,19 +133,19 @@ def test_program_says_what_is_missing(tmp_path):
 def test_a_method_times_its_own_tasks_with_our_side_of_them(tmp_path, monkeypatch):
     """BDLF times its fusion network alone: the official side names the tasks and the
     method builds our side of them (Method.own_contenders), here against a stand-in."""
-    from adverse_vision.methods import bdlf as bdlf_method  # pylint: disable=import-outside-toplevel
     checkout = _stand_in_checkout(tmp_path)
 
     def official_contenders(self, where, batches):
         (net,) = versus.import_from_checkout(where, "standin.net", ["Net"])
         train, infer = net(batches["train"]["image"]), net(batches["infer"]["image"])
         assert {"thermal", "saliency"} <= set(batches["train"])
-        return {bdlf_official.TASKS[0]: train.step, bdlf_official.TASKS[1]: infer.step}, {}
+        tasks = BDLFMethod.contender_tasks
+        return {tasks[0]: train.step, tasks[1]: infer.step}, {}
 
-    monkeypatch.setattr(bdlf_method.BDLFMethod, "official_contenders", official_contenders)
+    monkeypatch.setattr(BDLFMethod, "official_contenders", official_contenders)
     results, _ = versus.compare(bdlf_smoke_config(), checkout, rounds=2, warmup=1,
                                 infer_batch=8, settle_s=0.0)
-    assert [r.name for r in results] == list(bdlf_official.TASKS)
+    assert [r.name for r in results] == list(BDLFMethod.contender_tasks)
     assert all(min(r.ours) > 0 for r in results)
 
 
@@ -167,15 +168,16 @@ def test_each_official_side_says_what_it_cannot_build(tmp_path):
     with pytest.raises(OfficialUnavailable, match=r"deploy_denoise\.prototxt not found"):
         dnhl_official.contenders(cfg, where, batches)
     # BDLF: a mode with a fusion network, at full width
+    tasks = BDLFMethod.contender_tasks
     cfg = bdlf_smoke_config("visible")
     with pytest.raises(OfficialUnavailable, match="no fusion network to time"):
-        bdlf_official.contenders(cfg, where, batches)
+        bdlf_official.contenders(cfg, where, batches, tasks)
     cfg = bdlf_smoke_config()
     with pytest.raises(OfficialUnavailable, match="bdlf.fusion_width=0.125"):
-        bdlf_official.contenders(cfg, where, batches)
+        bdlf_official.contenders(cfg, where, batches, tasks)
     cfg.bdlf.fusion_width = 1.0
     with pytest.raises(OfficialUnavailable, match=r"model/fcos_fusion\.py not found"):
-        bdlf_official.contenders(cfg, where, batches)
+        bdlf_official.contenders(cfg, where, batches, tasks)
     # depth-guided dehazing: the DenseNet-169 dehazer, sides multiples of 32
     cfg = sdg_scenes.get_config("smoke")
     with pytest.raises(OfficialUnavailable, match="DenseNet-169 depth net"):

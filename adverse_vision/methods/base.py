@@ -91,6 +91,9 @@ class Method:
     #: starts from every tensor that matches by name and shape); None: the method has no
     #: ``model.init_from``, or reads it itself (``prepare_state``).
     init_rules: ClassVar[Optional[tuple]] = None
+    #: The tasks ``versus`` and ``breakdown`` time when :meth:`own_contenders` builds
+    #: our side of its own (its keys); None: the standard ``versus.TASKS``.
+    contender_tasks: ClassVar[Optional[tuple[str, ...]]] = None
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
@@ -217,7 +220,9 @@ class Method:
         ``"train step"`` (the run's jitted train step) and ``"inference"`` (its
         ``predict_fn``), e.g. one network of the method alone: ``{task: callable}``
         built from ``trainers`` (``"train"``, ``"infer"``: the run's :class:`Trainer`
-        at the train and the inference batch) on the same ``batches``. Default: none."""
+        at the train and the inference batch) on the same ``batches``; a
+        ``versus.Compiled`` (one compiled program and its HLO text) lets ``breakdown``
+        split it too. Default: none."""
         del trainers, batches
         return {}
 

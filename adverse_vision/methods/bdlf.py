@@ -130,6 +130,7 @@ def defaults() -> ml_collections.ConfigDict:
     b.fusion_lr = 1e-4
     b.fusion_weight_decay = 1e-3
     b.fusion_from = ""  # a "bdlf" workdir whose fusion network starts this run
+    b.detector_from = ""  # a "detection" (YOLOX) workdir whose detector starts this run's
     b.eval_images = 0  # validation images scored by the fusion metrics (0: all)
     return c
 
@@ -165,6 +166,11 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("config key 'bdlf.seg_classes' needs at least two class names")
     if "detection" in branches:
         check_yolox(cfg)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(path): np.shape(x)
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _dtype(cfg):
@@ -208,6 +214,8 @@ class BDLFMethod(methods.Method):
         takes_classes=False,  # called with the infrared and the visible luminance image
         example_inputs=lambda side: (np.zeros((1, side, side, 1), np.float32),) * 2)}
     predict_inputs = ("thermal",)
+    #: Our side against the official code: the fusion network alone (``own_contenders``).
+    contender_tasks = ("fusion train step", "fusion inference")
 
     @classmethod
     def defaults(cls) -> ml_collections.ConfigDict:
@@ -295,10 +303,16 @@ class BDLFMethod(methods.Method):
         return optax.multi_transform({"fusion": fusion_tx, "lower": lower_tx}, labels), schedule
 
     def prepare_state(self, state, trainer):
-        """Starts the fusion network from ``bdlf.fusion_from`` (a BDLF workdir) when set."""
-        src = self.cfg.bdlf.fusion_from
-        if not src:
-            return state
+        """Starts the fusion network from ``bdlf.fusion_from`` (a BDLF workdir) and the
+        detector from ``bdlf.detector_from`` (a YOLOX detection workdir: a pretrained
+        detector, as the paper's) when set."""
+        if self.cfg.bdlf.fusion_from:
+            state = self._fusion_from(state, trainer, self.cfg.bdlf.fusion_from)
+        if self.cfg.bdlf.detector_from:
+            state = self._detector_from(state, trainer, self.cfg.bdlf.detector_from)
+        return state
+
+    def _fusion_from(self, state, trainer, src):
         if not self.fuses:
             raise ValueError(f"config key 'bdlf.fusion_from' is set but mode {self.mode!r} has no "
                              "fusion network")
@@ -313,6 +327,33 @@ class BDLFMethod(methods.Method):
         params["fusion"] = variables["params"]["fusion"]
         log.info("fusion network from %s (step %d)", src, step)
         return trainer.with_variables(state, params)
+
+    def _detector_from(self, state, trainer, src):
+        """The detector's parameters and BatchNorm statistics from the best checkpoint of
+        a detection run of the same YOLOX (size and classes)."""
+        key = "config key 'bdlf.detector_from'"
+        if self.det is None:
+            raise ValueError(f"{key} is set but bdlf.branches {tuple(self.branches)} has no "
+                             "detection branch")
+        other = workdir_lib.load_config(src)
+        if other.method != "detection":
+            raise ValueError(f"{key}: {src} is a {other.method!r} run, not a 'detection' (YOLOX) run")
+        _, variables, step = workdir_lib.restore_variables(src, "best")
+        mine = {"params": state.params["detector"],
+                "batch_stats": state.model_state.get("batch_stats", {}).get("detector", {})}
+        theirs = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+        if _shapes(mine) != _shapes(theirs):
+            raise ValueError(f"{key}: the detector of {src} (model.size={other.model.size!r}, "
+                             f"{len(other.data.class_names)} classes) is not this run's "
+                             f"(model.size={self.cfg.model.size!r}, "
+                             f"{len(self.cfg.data.class_names)} classes)")
+        params = dict(state.params)
+        params["detector"] = theirs["params"]
+        model_state = dict(state.model_state)
+        model_state["batch_stats"] = {**model_state.get("batch_stats", {}),
+                                      "detector": theirs["batch_stats"]}
+        log.info("detector from %s (step %d)", src, step)
+        return trainer.with_variables(state, params, model_state=model_state)
 
     # ------------------------------------------------------------------ data
     def make_pipeline(self, bundle, source, *, train, seed, data_cfg):
@@ -557,7 +598,7 @@ class BDLFMethod(methods.Method):
         """The official fusion network and loss of a checkout of LiuZhu-CV/BDLFusion
         (:mod:`adverse_vision.methods.bdlf_official`)."""
         from adverse_vision.methods import bdlf_official  # pylint: disable=import-outside-toplevel
-        return bdlf_official.contenders(self.cfg, checkout, batches)
+        return bdlf_official.contenders(self.cfg, checkout, batches, self.contender_tasks)
 
     def own_contenders(self, trainers, batches):
         """The run's fusion network alone, as the official side times its own."""

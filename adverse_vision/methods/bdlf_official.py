@@ -38,7 +38,6 @@ from adverse_vision.errors import OfficialUnavailable
 from adverse_vision.losses.fusion import fusion_loss
 from adverse_vision.ops import tap_conv
 
-TASKS = ("fusion train step", "fusion inference")
 #: The official optimiser of the fusion network (``Architect``: SGD, no momentum).
 LR, WEIGHT_DECAY = 1e-4, 1e-3
 
@@ -71,9 +70,10 @@ def _torch_colour(torch):
     return rgb_to_ycrcb, ycrcb_to_rgb
 
 
-def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
-               ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
-    """The official side of :data:`TASKS` (see the module docstring) and its info."""
+def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]],
+               tasks: tuple[str, str]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """The official side of ``tasks`` (the method's ``contender_tasks``: the fusion
+    network's train step and inference; see the module docstring) and its info."""
     _check(cfg)
     versus.checkout_file(checkout, "model.fcos_fusion")
     versus.checkout_file(checkout, "model.loss")
@@ -116,29 +116,34 @@ def contenders(cfg, checkout: str, batches: dict[str, dict[str, np.ndarray]]
     info = {"official_label": "official PyTorch", "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             versus.NETWORKS: {"Fusion_Network_IJ": net, "Fusionloss_grad2": criterion}}
-    return {TASKS[0]: train_step, TASKS[1]: inference}, info
+    return {tasks[0]: train_step, tasks[1]: inference}, info
 
 
 def own(method, trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarray]]
-        ) -> dict[str, Callable[[], Any]]:
-    """Our side of :data:`TASKS`: the run's fusion network, jitted."""
+        ) -> dict[str, versus.Compiled]:
+    """Our side of the method's ``contender_tasks``: the run's fusion network, compiled ahead of time (the
+    train step's loss and update in the trainer's scopes, as ``breakdown`` splits it)."""
+    from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE  # pylint: disable=import-outside-toplevel
     trainer = trainers["train"]
     theta = trainer.init_state().params["fusion"]
     tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR))
     state = [theta, tx.init(theta)]
     ssim_weight = float(method.cfg.bdlf.ssim_weight)
 
-    @jax.jit
     @tap_conv.kernel_gradients_by_rows()
     def step(theta, opt_state, batch):
         def loss_fn(theta):
             return fusion_loss(method._fuse(theta, batch), method._target(batch),  # pylint: disable=protected-access
                                batch["valid"], ssim_weight)[0]
-        loss, grads = jax.value_and_grad(loss_fn)(theta)
-        updates, opt_state = tx.update(grads, opt_state, theta)
-        return optax.apply_updates(theta, updates), opt_state, loss
+        with jax.named_scope(LOSS_SCOPE):
+            loss, grads = jax.value_and_grad(loss_fn)(theta)
+        with jax.named_scope(OPTIMIZER_SCOPE):
+            updates, opt_state = tx.update(grads, opt_state, theta)
+            theta = optax.apply_updates(theta, updates)
+        return theta, opt_state, loss
 
     train = parallel.global_batch(batches["train"], trainer.mesh)
+    step = jax.jit(step).lower(state[0], state[1], train).compile()
 
     def train_step():
         state[0], state[1], loss = step(state[0], state[1], train)
@@ -148,11 +153,14 @@ def own(method, trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarra
     infer = parallel.global_batch(batches["infer"], infer_trainer.mesh)
     infer_theta = infer_trainer.init_state().params["fusion"]
 
-    @jax.jit
     def fuse(theta, batch):
         return method._task_image(method._fuse(theta, batch), batch)  # pylint: disable=protected-access
+
+    fuse = jax.jit(fuse).lower(infer_theta, infer).compile()
 
     def inference():
         fuse(infer_theta, infer).block_until_ready()
 
-    return {TASKS[0]: train_step, TASKS[1]: inference}
+    tasks = method.contender_tasks
+    return {tasks[0]: versus.Compiled(train_step, step.as_text()),
+            tasks[1]: versus.Compiled(inference, fuse.as_text())}

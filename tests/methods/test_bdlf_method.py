@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from adverse_vision import bilevel, methods, parallel
+from adverse_vision import workdir as workdir_lib
 from adverse_vision import trainer as trainer_lib
 from adverse_vision.data.factory import DataBundle
 from adverse_vision.losses.cross_entropy import pixel_cross_entropy
@@ -19,6 +20,7 @@ from adverse_vision.methods import bdlf
 from adverse_vision.ops.color import fused_color, luminance
 from configs import bdlf_scenes
 from tests.helpers import bdlf_smoke_config as smoke
+from tests.helpers import smoke_config as smoke_yolox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -403,3 +405,40 @@ def test_predict_writes_fused_images_at_the_original_size(trained, tmp_path):
     assert (out / "b_boxes.jpg").exists() and not (out / "a_labels.png").exists()
     with pytest.raises(ValueError, match="--infrared"):
         predict.predict_folder(workdir, str(vis_dir), str(tmp_path / "out2"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    """A YOLOX run of the BDLF smoke config's detector (same size and classes)."""
+    workdir = str(tmp_path_factory.mktemp("yolox"))
+    trainer_lib.train_and_evaluate(
+        smoke_yolox(total_steps=2, eval_every=2, checkpoint_every=2), workdir, progress=False)
+    return workdir
+
+
+@pytest.mark.parametrize("mode", ["visible", "fusion"])
+def test_the_detector_starts_from_a_detection_run(detector_run, mode):
+    trainer = trainer_lib.Trainer(smoke(mode, **{"bdlf.detector_from": detector_run}))
+    state = trainer.start_state()
+    _, ref, _ = workdir_lib.restore_variables(detector_run, "best")
+    got = {"params": state.params["detector"], "batch_stats": state.model_state["batch_stats"]["detector"]}
+    want = {"params": ref["params"], "batch_stats": ref["batch_stats"]}
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fresh = trainer.init_state()
+    assert not np.array_equal(np.asarray(jax.tree.leaves(fresh.params["detector"])[0]),
+                              np.asarray(jax.tree.leaves(got["params"])[0]))
+    if mode == "fusion":  # the rest of the state is the fresh one
+        for a, b in zip(jax.tree.leaves(state.params["fusion"]), jax.tree.leaves(fresh.params["fusion"])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_detector_from_refuses_another_detector_or_method(detector_run, trained):
+    wider = trainer_lib.Trainer(smoke("visible", **{"bdlf.detector_from": detector_run,
+                                                    "model.width": 0.25}))
+    with pytest.raises(ValueError, match=r"bdlf.detector_from.*is not this run's"):
+        wider.start_state()
+    other = trainer_lib.Trainer(smoke("visible", **{"bdlf.detector_from": trained[0]}))
+    with pytest.raises(ValueError, match=r"bdlf.detector_from.*'bdlf' run"):
+        other.start_state()
