@@ -193,10 +193,6 @@ class Span:
     end: float
 
 
-def _stats(event) -> dict[str, Any]:
-    return dict(event.stats)
-
-
 def spans(xspace_path: str, module: str) -> list[Span]:
     """The operations of HLO module ``module`` in a trace file (``*.xplane.pb``): from
     each thunk's start to its completion."""
@@ -207,7 +203,7 @@ def spans(xspace_path: str, module: str) -> list[Span]:
     for plane in data.planes:
         for line in plane.lines:
             for event in line.events:
-                stats = _stats(event)
+                stats = dict(event.stats)
                 end = event.start_ns + event.duration_ns
                 if event.name.startswith("end: ") and "_c" in stats:
                     ends[stats["_c"]] = max(end, ends.get(stats["_c"], end))
@@ -270,10 +266,18 @@ class Breakdown:
     def outside_s(self) -> float:
         return max(0.0, self.wall_s - sum(self.seconds.values()))
 
+    @property
+    def phases(self) -> dict[str, float]:
+        """Seconds per call per phase (forward, backward, update)."""
+        totals: dict[str, float] = collections.defaultdict(float)
+        for (_, phase), v in self.seconds.items():
+            totals[phase] += v
+        return dict(totals)
+
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "calls": self.calls, "wall_s": self.wall_s,
                 "outside_s": self.outside_s, "overlapped_s": self.overlapped_s,
-                "untraced_s": self.untraced_s,
+                "untraced_s": self.untraced_s, "phases": self.phases,
                 "stages": [{"stage": s, "phase": p, "seconds": v}
                            for (s, p), v in sorted(self.seconds.items(), key=lambda kv: -kv[1])]}
 
@@ -358,14 +362,6 @@ def table(results: Sequence[Breakdown], min_share: float = 0.005) -> str:
         rows.append(f"| {OUTSIDE} | | {r.outside_s:.4f} | {r.outside_s / r.wall_s:.1%} |")
         out.append("\n".join(rows))
     return "\n\n".join(out)
-
-
-def phase_totals(r: Breakdown) -> dict[str, float]:
-    """Seconds per call per phase."""
-    totals: dict[str, float] = collections.defaultdict(float)
-    for (_, phase), s in r.seconds.items():
-        totals[phase] += s
-    return dict(totals)
 
 
 # --------------------------------------------------------------------------- our side

@@ -133,7 +133,8 @@ def test_our_train_step_and_inference_are_split_by_the_network_s_parts():
     assert {"backbone", "neck", "head", "loss", "optimizer"} <= train, train
     assert {"backbone", "neck", "head"} <= infer, infer
     assert {phase for _, phase in results[1].seconds} == {"forward"}
-    phases = breakdown.phase_totals(results[0])
+    phases = results[0].phases
+    assert results[0].summary()["phases"] == phases
     assert phases["forward"] > 0 and phases["backward"] > 0 and phases["update"] > 0
 
 
