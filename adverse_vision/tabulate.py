@@ -58,12 +58,17 @@ def load_runs(pattern: str) -> list[Run]:
     return sorted(runs, key=lambda r: r.seed)
 
 
-def value(run: Run, column: str) -> float:
-    """``ENTRY/METRIC`` of one run; NaN when the run did not compute it (a metric of
-    one arm only, such as a restored image's PSNR)."""
+def _split(column: str) -> tuple[str, str]:
     entry, _, metric = column.partition("/")
     if not metric:
         raise ValueError(f"column {column!r} must be ENTRY/METRIC, e.g. val/mAP")
+    return entry, metric
+
+
+def value(run: Run, column: str) -> float:
+    """``ENTRY/METRIC`` of one run; NaN when the run did not compute it (a metric of
+    one arm only, such as a restored image's PSNR)."""
+    entry, metric = _split(column)
     v = run.evals.get(entry, {}).get(metric)
     return math.nan if v is None else float(v)
 
@@ -71,9 +76,7 @@ def value(run: Run, column: str) -> float:
 def _check_columns(runs: Sequence[Run], columns: Sequence[str]) -> None:
     """Every column is computed by at least one run (else it is a typo, named)."""
     for column in columns:
-        entry, _, metric = column.partition("/")
-        if not metric:
-            raise ValueError(f"column {column!r} must be ENTRY/METRIC, e.g. val/mAP")
+        entry, metric = _split(column)
         if not any(metric in r.evals.get(entry, {}) for r in runs):
             entries = sorted({e for r in runs for e in r.evals})
             metrics = sorted({m for r in runs for m in r.evals.get(entry, {})})
