@@ -377,8 +377,8 @@ def ours(trainers: Mapping[str, Any], batches: Mapping[str, Any], calls: int = 3
     """:func:`profile` of the programs ``versus`` times for ``tasks`` (default: every
     task of the method, :func:`method_tasks`), on ``versus.sides``' trainers and
     batches: the run's train step and prediction (the programs ``bench`` times too),
-    or the method's own program of a task (``Method.own_contenders``, e.g. BDLF's
-    fusion network alone).
+    or the method's own program of a task (``Method.own_contenders``, e.g. one network
+    of the method alone).
 
     Raises:
       ValueError: an own contender of a task is not one compiled program
