@@ -183,3 +183,29 @@ def restore_variables(workdir: str, which: str | int = "best"):
     """``(cfg, eval variables on the host, step)`` of a workdir's checkpoint."""
     cfg, _, state, step = restore_state(workdir, which)
     return cfg, jax.device_get(state.eval_variables()), step
+
+
+def variable_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """Each leaf's path (as ``jax.tree_util.keystr`` writes it) and shape."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+def check_fit(loaded, current, what: str) -> None:
+    """Raises ValueError naming the first variable that ``loaded`` lacks, has in excess
+    or holds with another shape, compared with ``current``."""
+    have, want = variable_shapes(loaded), variable_shapes(current)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        if extra:
+            parts.append(f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{k} has shape {have[k]}, the model needs {want[k]}"
+                         + (f" ({len(wrong) - 1} more differ)" if len(wrong) > 1 else ""))
+        raise ValueError(f"{what} does not fit this model: " + "; ".join(parts))

@@ -168,11 +168,6 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         check_yolox(cfg)
 
 
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-    return {jax.tree_util.keystr(path): np.shape(x)
-            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def _dtype(cfg):
     return jnp.dtype(cfg.model.dtype)
 
@@ -342,11 +337,13 @@ class BDLFMethod(methods.Method):
         mine = {"params": state.params["detector"],
                 "batch_stats": state.model_state.get("batch_stats", {}).get("detector", {})}
         theirs = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-        if _shapes(mine) != _shapes(theirs):
+        try:
+            workdir_lib.check_fit(theirs, mine, "it")
+        except ValueError as e:
             raise ValueError(f"{key}: the detector of {src} (model.size={other.model.size!r}, "
                              f"{len(other.data.class_names)} classes) is not this run's "
                              f"(model.size={self.cfg.model.size!r}, "
-                             f"{len(self.cfg.data.class_names)} classes)")
+                             f"{len(self.cfg.data.class_names)} classes): {e}") from None
         params = dict(state.params)
         params["detector"] = theirs["params"]
         model_state = dict(state.model_state)

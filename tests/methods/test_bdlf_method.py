@@ -437,7 +437,7 @@ def test_the_detector_starts_from_a_detection_run(detector_run, mode):
 def test_detector_from_refuses_another_detector_or_method(detector_run, trained):
     wider = trainer_lib.Trainer(smoke("visible", **{"bdlf.detector_from": detector_run,
                                                     "model.width": 0.25}))
-    with pytest.raises(ValueError, match=r"bdlf.detector_from.*is not this run's"):
+    with pytest.raises(ValueError, match=r"bdlf.detector_from.*is not this run's.*has shape"):
         wider.start_state()
     other = trainer_lib.Trainer(smoke("visible", **{"bdlf.detector_from": trained[0]}))
     with pytest.raises(ValueError, match=r"bdlf.detector_from.*'bdlf' run"):

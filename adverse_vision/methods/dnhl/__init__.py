@@ -10,7 +10,6 @@ from adverse_vision.methods.dnhl.stages import (
     STAGES,
     TASKS,
     add_noise,
-    check_fit,
     crop,
     eval_noise,
     load_stage,
@@ -18,4 +17,4 @@ from adverse_vision.methods.dnhl.stages import (
 )
 
 __all__ = ["DENOISER_KEYS", "DNHLEvaluator", "DNHLMethod", "HIGH_KEYS", "MAX_PSNR", "STAGES",
-           "TASKS", "add_noise", "check_fit", "crop", "eval_noise", "load_stage", "mse_255"]
+           "TASKS", "add_noise", "crop", "eval_noise", "load_stage", "mse_255"]

@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from adverse_vision import methods
+from adverse_vision import workdir as workdir_lib
 from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.data import catalog
 from adverse_vision.losses.cross_entropy import cross_entropy, pixel_cross_entropy
@@ -56,7 +57,6 @@ from adverse_vision.methods.dnhl.stages import (
     STAGES,
     TASKS,
     add_noise,
-    check_fit,
     crop,
     eval_noise,
     load_stage,
@@ -242,7 +242,7 @@ class DNHLMethod(methods.Method):
                                                     ("high", "joint"), cfg, HIGH_KEYS)
                 new["frozen"] = dict(self._loaded_high(other, variables))
                 log.info("frozen high-level network from %s (step %d)", cfg.dnhl.high_from, step)
-        check_fit(new, current, "the loaded checkpoint")
+        workdir_lib.check_fit(new, current, "the loaded checkpoint")
         params = new.pop("params")
         return trainer.with_variables(state, params, model_state=new)
 
