@@ -37,8 +37,9 @@ class MetricWriter:
         record = {k: v if math.isfinite(v) else None for k, v in values.items()}
         self._file.write(json.dumps({"step": int(step), **record}, allow_nan=False) + "\n")
         self._file.flush()
-        for name, value in values.items():
-            self._tb.add_scalar(name, value, int(step))
+        for name, value in record.items():
+            if value is not None:  # TensorBoard has no "undefined": leave it out
+                self._tb.add_scalar(name, value, int(step))
         self._tb.flush()
 
     def close(self) -> None:

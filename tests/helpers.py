@@ -2,10 +2,12 @@
 
 import os
 import socket
+import struct
 
 import jax
 import numpy as np
 import pytest
+from tensorboardX.proto import event_pb2
 
 from configs import dnhl_scenes_cls, dnhl_scenes_seg, yolox_scenes
 
@@ -124,3 +126,13 @@ def process_env(devices: int, **extra: str) -> dict[str, str]:
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                **extra)
     return env
+
+
+def tensorboard_events(data: bytes) -> list:
+    """The Event records of a TensorBoard event file's bytes (TFRecord framing)."""
+    out, i = [], 0
+    while i < len(data):
+        (length,) = struct.unpack("Q", data[i:i + 8])
+        out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
+        i += 12 + length + 4
+    return out

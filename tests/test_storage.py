@@ -2,18 +2,16 @@
 place of Cloud Storage (etils.epath's fsspec route, which gcsfs serves for real)."""
 
 import json
-import struct
 
 import numpy as np
 import pytest
 from etils.epath import backend
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
-from tensorboardX.proto import event_pb2
 
 from adverse_vision import checkpoint as ckpt_lib
 from adverse_vision import logs, storage, trainer as trainer_lib, workdir as workdir_lib
-from tests.helpers import smoke_config
+from tests.helpers import smoke_config, tensorboard_events
 
 
 class _MemoryBucket(MemoryFileSystem):
@@ -29,16 +27,6 @@ def bucket(monkeypatch):
     monkeypatch.setenv("EPATH_USE_TF", "false")
     monkeypatch.setattr(backend.fsspec_backend, "fs", lambda path: fs)
     return fs
-
-
-def _events(data: bytes) -> list:
-    """The Event records of a TensorBoard event file (TFRecord framing)."""
-    out, i = [], 0
-    while i < len(data):
-        (length,) = struct.unpack("Q", data[i:i + 8])
-        out.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
-        i += 12 + length + 4
-    return out
 
 
 def test_urls_keep_their_scheme():
@@ -88,7 +76,7 @@ def test_training_workdir_in_a_bucket(bucket, monkeypatch, tmp_path):
     assert steps == [2, 4]
     (event_file,) = storage.listdir("gs://b/run/tensorboard")
     with storage.open_file(f"gs://b/run/tensorboard/{event_file}") as f:
-        tags = {v.tag for e in _events(f.read()) for v in e.summary.value}
+        tags = {v.tag for e in tensorboard_events(f.read()) for v in e.summary.value}
     assert {"train/loss", "val/mAP"} <= tags
 
     cfg.total_steps = 6

@@ -13,7 +13,7 @@ from adverse_vision import config as config_lib, logs, parallel, trainer as trai
 from adverse_vision.data import factory
 from adverse_vision.data.problems import DataError
 from adverse_vision.methods import detection
-from tests.helpers import smoke_config
+from tests.helpers import smoke_config, tensorboard_events
 
 
 _cfg = smoke_config
@@ -224,6 +224,12 @@ def test_logs_and_summary_are_strict_json(tmp_path):
     assert "NaN" not in line and "Infinity" not in line
     assert logs.read_metrics(str(tmp_path)) == [{"step": 3, "val/mAP": None, "val/loss": 1.5,
                                                   "val/x": None}]
+    # TensorBoard has no "undefined": such a figure is left out of its events.
+    tags = set()
+    for name in os.listdir(tmp_path / "tensorboard"):
+        with open(tmp_path / "tensorboard" / name, "rb") as f:
+            tags |= {v.tag for e in tensorboard_events(f.read()) for v in e.summary.value}
+    assert tags == {"val/loss"}
     trainer_lib.write_json(str(tmp_path / "s.json"),
                            {"val": {"mAP": np.float32("nan")}, "n": np.int64(2), "t": (1.0,)})
     with open(tmp_path / "s.json") as f:
