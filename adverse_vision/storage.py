@@ -9,7 +9,8 @@ the image files ``predict`` reads go through here, so a workdir may be a bucket
 
 Object stores cannot append: a growing text file (``metrics.jsonl``) and the
 TensorBoard event file are rewritten whole at each flush there (they are small), and
-appended locally.
+appended locally. A whole file (``config.json``, ``summary.json``) is written at once
+(:func:`write_text`), so the other processes of a run never read it half-written.
 """
 
 from __future__ import annotations
@@ -85,7 +86,23 @@ def read_bytes(p: PathLike) -> bytes:
 
 
 def write_text(p: PathLike, text: str) -> None:
-    epath.Path(p).write_text(text)
+    """Writes the whole file at once: a reader (another process of the run, say, reading
+    ``config.json`` while process 0 rewrites it) sees the old text or the new one,
+    never a part. Locally through a temporary file in the same folder, renamed over
+    ``p``; an object store replaces an object whole."""
+    if is_url(p):
+        epath.Path(p).write_text(text)
+        return
+    path = os.fspath(p)
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def open_file(p: PathLike, mode: str = "rb") -> IO:

@@ -2,6 +2,8 @@
 place of Cloud Storage (etils.epath's fsspec route, which gcsfs serves for real)."""
 
 import json
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +29,32 @@ def bucket(monkeypatch):
     monkeypatch.setenv("EPATH_USE_TF", "false")
     monkeypatch.setattr(backend.fsspec_backend, "fs", lambda path: fs)
     return fs
+
+
+def _rewrite(path: str, texts: tuple[str, str], times: int) -> None:
+    for i in range(times):
+        storage.write_text(path, texts[i % 2])
+
+
+def test_a_reader_never_sees_a_file_half_written(tmp_path):
+    # Another process rewrites the file as fast as it can while this one reads it:
+    # every read is one of the two texts whole (a run's processes read config.json
+    # while process 0 rewrites it).
+    path = str(tmp_path / "config.json")
+    texts = (json.dumps({"a": "x" * 200_000}), json.dumps({"b": "y" * 300_000}))
+    storage.write_text(path, texts[0])
+    writer = multiprocessing.get_context("spawn").Process(target=_rewrite, args=(path, texts, 400))
+    writer.start()
+    seen = set()
+    try:
+        while writer.is_alive():
+            text = storage.read_text(path)
+            assert text in texts, f"read {len(text)} characters, a part of the file"
+            seen.add(text)
+    finally:
+        writer.join()
+    assert writer.exitcode == 0 and seen
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
 
 
 def test_urls_keep_their_scheme():
