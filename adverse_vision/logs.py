@@ -50,9 +50,20 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """The records of a workdir's ``metrics.jsonl``."""
-    text = storage.read_text(storage.join(workdir, "metrics.jsonl"))
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The records of a workdir's ``metrics.jsonl``. A last line without its newline is
+    one being written (the run appends while others read): it is left out. Any other
+    line that is not a JSON record is an error naming the file and the line."""
+    path = storage.join(workdir, "metrics.jsonl")
+    lines = storage.read_text(path).split("\n")
+    records = []
+    for number, line in enumerate(lines[:-1], 1):  # lines[-1]: after the last newline
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {number}: not a JSON record ({e})") from None
+    return records
 
 
 class Progress:
