@@ -57,3 +57,25 @@ def test_missing_and_mismatched_checkpoints_are_named(tmp_path):
     with pytest.raises(ckpt_lib.CheckpointError, match="does not fit"):
         ckpt.restore({"w": jnp.zeros((5, 5)), "step": jnp.zeros((), jnp.int32)})
     ckpt.close()
+
+
+def test_small_replicated_arrays_are_saved_without_slicing_programs(tmp_path, caplog):
+    """On 8 devices orbax would slice every replicated array into 8 parts on the devices,
+    compiling a program per shape and device; small ones are written whole instead, and
+    an array large enough is still split."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    assert len(jax.devices()) == 8
+    small = {f"b{i}": jax.device_put(jnp.full((8 * (i + 1),), float(i)), replicated)
+             for i in range(6)}
+    big = jax.device_put(jnp.ones((8, ckpt_lib.MIN_REPLICA_SLICE_BYTES // 4)), replicated)
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "c"))
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        ckpt.save(1, {"small": small, "big": big})
+        ckpt.wait()
+    sliced = [r.getMessage() for r in caplog.records if "Compiling jit(slice)" in r.getMessage()]
+    assert len(sliced) == 8 and all("[8,262144]" in m for m in sliced), sliced
+    state, _ = ckpt.restore({"small": small, "big": big})
+    np.testing.assert_array_equal(state["small"]["b5"], np.full((48,), 5.0))
+    np.testing.assert_array_equal(state["big"], np.ones((8, 262144)))
+    ckpt.close()
