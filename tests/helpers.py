@@ -1,6 +1,7 @@
 """Shared test fixtures' building blocks."""
 
 import os
+import signal
 import socket
 import struct
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
+from adverse_vision import logs
 from configs import dnhl_scenes_cls, dnhl_scenes_seg, yolox_scenes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +32,20 @@ def reference(name: str) -> str:
             pytest.fail(f"{message} (CI=true: the reference data must be present)", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def signal_at_step(monkeypatch, signum: signal.Signals, at: int):
+    """Makes the trainer's progress update send ``signum`` to this process after step
+    ``at`` (a run preempted there); returns the original update."""
+    original_update = logs.Progress.update
+
+    def update_then_signal(self, step):
+        original_update(self, step)
+        if step == at:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(logs.Progress, "update", update_then_signal)
+    return original_update
 
 
 def fill_variables(shapes, seed=0):

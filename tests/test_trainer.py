@@ -13,7 +13,7 @@ from adverse_vision import config as config_lib, logs, parallel, trainer as trai
 from adverse_vision.data import factory
 from adverse_vision.data.problems import DataError
 from adverse_vision.methods import detection
-from tests.helpers import smoke_config, tensorboard_events
+from tests.helpers import signal_at_step, smoke_config, tensorboard_events
 
 
 _cfg = smoke_config
@@ -52,20 +52,6 @@ def test_one_step_on_eight_devices_equals_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # BatchNorm statistics
 
 
-def _signal_at_step(monkeypatch, signum, at):
-    """Makes the trainer's progress update send ``signum`` to this process after step
-    ``at``; returns the original update."""
-    original_update = logs.Progress.update
-
-    def update_then_signal(self, step):
-        original_update(self, step)
-        if step == at:
-            signal.raise_signal(signum)
-
-    monkeypatch.setattr(logs.Progress, "update", update_then_signal)
-    return original_update
-
-
 def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, monkeypatch):
     cfg = _cfg()
     straight = tmp_path / "straight"
@@ -73,7 +59,7 @@ def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, monkeypatch):
     assert summary["final_step"] == 6 and not summary["preempted"]
 
     interrupted = tmp_path / "interrupted"
-    original_update = _signal_at_step(monkeypatch, signal.SIGTERM, 3)
+    original_update = signal_at_step(monkeypatch, signal.SIGTERM, 3)
     summary = trainer_lib.train_and_evaluate(cfg, str(interrupted), progress=False)
     assert summary["preempted"] and summary["final_step"] == 3
     assert summary["latest_step"] == 3  # saved on SIGTERM, off the checkpoint_every grid
@@ -238,7 +224,7 @@ def test_logs_and_summary_are_strict_json(tmp_path):
 
 
 def test_sigint_saves_and_exits_like_sigterm(tmp_path, monkeypatch):
-    _signal_at_step(monkeypatch, signal.SIGINT, 3)
+    signal_at_step(monkeypatch, signal.SIGINT, 3)
     summary = trainer_lib.train_and_evaluate(_cfg(), str(tmp_path / "w"), progress=False)
     assert summary["preempted"] and summary["final_step"] == 3 and summary["latest_step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ from adverse_vision.methods import bdlf
 from adverse_vision.ops.color import fused_color, luminance
 from configs import bdlf_scenes
 from tests.helpers import bdlf_smoke_config as smoke
+from tests.helpers import signal_at_step
 from tests.helpers import smoke_config as smoke_yolox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -312,18 +314,19 @@ def test_fusion_loss_mode_gradient():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The smoke config trained 2 steps, then resumed to 4 (a killed run continues)."""
+    """The smoke config preempted after 2 of its 4 steps, then resumed to 4. Both runs
+    compile the same programs, so the second reads them from the compilation cache."""
     workdir = str(tmp_path_factory.mktemp("bdlf"))
-    cfg = smoke(total_steps=2)
-    first = trainer_lib.train_and_evaluate(cfg, workdir, progress=False)
-    cfg = smoke()
-    second = trainer_lib.train_and_evaluate(cfg, workdir, progress=False)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        signal_at_step(monkeypatch, signal.SIGTERM, 2)
+        first = trainer_lib.train_and_evaluate(smoke(), workdir, progress=False)
+    second = trainer_lib.train_and_evaluate(smoke(), workdir, progress=False)
     return workdir, first, second
 
 
 def test_train_resume_and_metrics(trained):
     workdir, first, second = trained
-    assert first["final_step"] == 2 and second["start_step"] == 2 and second["final_step"] == 4
+    assert first["preempted"] and first["final_step"] == 2 and second["start_step"] == 2 and second["final_step"] == 4
     val = second["val"]
     for key in ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "mAP"):
         assert key in val and np.isfinite(val[key]), (key, val.get(key))
