@@ -81,6 +81,7 @@ from adverse_vision.models.layers import (
 from adverse_vision.models.yolox import PAFPN, YOLOX, YOLOXSize
 from adverse_vision.ops.attention import attention
 from adverse_vision.ops.deform_conv import ModulatedDeformConv
+from adverse_vision.ops.sparse_axis import matmul_along_axis
 
 Dtype = Any
 
@@ -140,18 +141,16 @@ def resize_bilinear_align_corners(x: jax.Array, height: int, width: int,
     Equal to PyTorch's ``F.interpolate(x, size=(height, width), mode="bilinear",
     align_corners=True)`` (then ``nn.ReflectionPad2d(reflect_pad)``): the corner pixels
     of input and output coincide and every output pixel is the bilinear blend of its
-    two nearest input rows and columns. Computed as two small matrix products (one per
-    axis), whose gradients are matrix products too (an indexing form would scatter).
+    two nearest input rows and columns. Computed as one constant matrix per axis,
+    applied from its nonzeros (:func:`adverse_vision.ops.sparse_axis.matmul_along_axis`:
+    gathers forward and backward).
     """
     _, h, w, _ = x.shape
     if reflect_pad >= min(height, width):
         raise ValueError(f"resize_bilinear_align_corners: reflection padding {reflect_pad} "
                          f"needs an output larger than {height}x{width}")
-    rows = jnp.asarray(_align_corners_matrix(h, height, reflect_pad), x.dtype)
-    cols = jnp.asarray(_align_corners_matrix(w, width, reflect_pad), x.dtype)
-    hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("Hh,bhwc->bHwc", rows, x, precision=hi)
-    return jnp.einsum("Ww,bHwc->bHWc", cols, x, precision=hi)
+    x = matmul_along_axis(_align_corners_matrix(h, height, reflect_pad), x, axis=1)
+    return matmul_along_axis(_align_corners_matrix(w, width, reflect_pad), x, axis=2)
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
