@@ -71,3 +71,27 @@ def test_a_matrix_of_the_wrong_width_is_named():
     with pytest.raises(ValueError, match=r"a \(5, 4\) matrix does not apply to axis 1 of "
                                          r"shape \(2, 3, 4\)"):
         matmul_along_axis(np.ones((5, 4)), jnp.zeros((2, 3, 4)), 1)
+
+
+def test_evaluation_gathers_and_differentiation_multiplies():
+    """Outside differentiation the map is gathers, no matrix product; under jax.grad the
+    dense product, forward and backward."""
+    matrix = _align_corners_matrix(5, 17, 2)
+    x = jnp.ones((1, 5, 3, 2))
+
+    def primitives(jaxpr):
+        names = set()
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for param in eqn.params.values():  # the jaxprs inside jit, custom_vjp, ...
+                for inner in (param if isinstance(param, (list, tuple)) else [param]):
+                    inner = getattr(inner, "jaxpr", inner)
+                    if hasattr(inner, "eqns"):
+                        names |= primitives(inner)
+        return names
+
+    evaluated = primitives(jax.make_jaxpr(lambda v: matmul_along_axis(matrix, v, 1))(x).jaxpr)
+    assert "gather" in evaluated and "dot_general" not in evaluated, evaluated
+    differentiated = primitives(jax.make_jaxpr(jax.grad(
+        lambda v: jnp.sum(matmul_along_axis(matrix, v, 1) ** 2)))(x).jaxpr)
+    assert "dot_general" in differentiated and "gather" not in differentiated, differentiated
