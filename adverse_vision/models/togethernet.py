@@ -141,9 +141,9 @@ def resize_bilinear_align_corners(x: jax.Array, height: int, width: int,
     Equal to PyTorch's ``F.interpolate(x, size=(height, width), mode="bilinear",
     align_corners=True)`` (then ``nn.ReflectionPad2d(reflect_pad)``): the corner pixels
     of input and output coincide and every output pixel is the bilinear blend of its
-    two nearest input rows and columns. Computed as one constant matrix per axis,
-    applied from its nonzeros (:func:`adverse_vision.ops.sparse_axis.matmul_along_axis`:
-    gathers forward and backward).
+    two nearest input rows and columns. Computed as one constant matrix per axis
+    (:func:`adverse_vision.ops.sparse_axis.matmul_along_axis`: gathers of its nonzeros
+    when evaluated, the dense product under differentiation).
     """
     _, h, w, _ = x.shape
     if reflect_pad >= min(height, width):

@@ -7,10 +7,10 @@ to 646x646, where blending two rows, then two columns, per output takes 0.1 GFLO
 Evaluated outside differentiation (inference, evaluation), it gathers each output's
 nonzero taps and blends them (0.12 s -> 0.02 s for that resize on a 2-core CPU).
 Under differentiation it is the dense product, forward and backward, where the
-gathers did not pay. Autodiff of
-the gathers would scatter-add, slow on the CPU; gathers of the transposed matrix's
-taps were 10x faster than its dense product alone, yet made a whole training step
-that used them (forward, backward or both) 0-4 % slower, within the noise of a step.
+gathers did not pay: autodiff of the gathers would scatter-add, slow on the CPU, and
+gathers of the transposed matrix's taps, 10x faster than its dense product alone,
+made a whole training step that used them (forward, backward or both) 0-4 % slower,
+within the noise of a step.
 """
 
 from __future__ import annotations
