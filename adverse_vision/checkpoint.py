@@ -10,6 +10,7 @@ least :data:`MIN_REPLICA_SLICE_BYTES`; smaller ones are written whole by one rep
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import grain
@@ -27,18 +28,22 @@ from adverse_vision import storage
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
+@functools.cache
 def _write_small_arrays_whole() -> None:
     """Registers orbax's array handler with :data:`MIN_REPLICA_SLICE_BYTES` (its other
-    settings as orbax's default). An orbax without these settings keeps its own."""
+    settings as orbax's default), once per process and without orbax's warning about
+    the replaced handler. An orbax without these settings keeps its own."""
     try:
-        from orbax.checkpoint._src.metadata import (  # pylint: disable=import-outside-toplevel
-            array_metadata_store)
+        # pylint: disable=import-outside-toplevel
+        from orbax.checkpoint._src.metadata import array_metadata_store
+        from orbax.checkpoint._src.serialization import type_handler_registry
         handler = ocp.type_handlers.ArrayHandler(
             array_metadata_store=array_metadata_store.Store(),
             min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
-    except (ImportError, TypeError):
+        type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+            jax.Array, handler, override=True, ignore_warnings=True)
+    except (ImportError, AttributeError, TypeError):
         return
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class CheckpointError(RuntimeError):
