@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 
-from adverse_vision import cli, parallel, storage, versus
+from adverse_vision import cli, parallel, storage, versus, xla_options
 from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE
 
 #: The stage of operations outside every module and scope (metrics, step counter).
@@ -408,7 +408,7 @@ def ours(trainers: Mapping[str, Any], batches: Mapping[str, Any], calls: int = 3
         trainer = trainers["infer"]
         batch = parallel.global_batch(batches["infer"], trainer.mesh)
         variables = trainer.init_state().eval_variables()
-        compiled = jax.jit(trainer.method.predict_fn(restore=True)).lower(
+        compiled = xla_options.jit(trainer.method.predict_fn(restore=True)).lower(
             variables, batch).compile()
         results.append(profile("inference", lambda: jax.block_until_ready(
             compiled(variables, batch)), compiled.as_text(), calls, depth))

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from adverse_vision import cli, parallel, storage
+from adverse_vision import cli, parallel, storage, xla_options
 from adverse_vision import draw as draw_lib
 from adverse_vision.data.augment import letterbox
 from adverse_vision.data import files
@@ -200,7 +200,7 @@ def predict_fn(trainer, restore: bool) -> Callable:
     fn = method.predict_fn(bool(restore))
     if fn == method.predict:
         return trainer.predict
-    return jax.jit(fn, in_shardings=(trainer.replicated, trainer.batch_sharding),
+    return xla_options.jit(fn, in_shardings=(trainer.replicated, trainer.batch_sharding),
                    out_shardings=trainer.batch_sharding)
 
 

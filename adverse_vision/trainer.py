@@ -45,6 +45,7 @@ from adverse_vision import optim
 from adverse_vision import parallel
 from adverse_vision import storage
 from adverse_vision import workdir as workdir_lib
+from adverse_vision import xla_options
 from adverse_vision.convert import pretrained
 from adverse_vision.data import factory as data_factory
 from adverse_vision.data.problems import DataError
@@ -217,7 +218,7 @@ class Trainer:
         ``step`` (read from the state when not given), instead of a ``lax.cond`` inside
         one program (XLA:CPU runs the branches of a conditional many times slower)."""
         if self._train_step is None:
-            jitted = jax.jit(
+            jitted = xla_options.jit(
                 self._step, in_shardings=(self.replicated, self.batch_sharding),
                 out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
                 static_argnums=(2,))
@@ -242,7 +243,7 @@ class Trainer:
                 with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
                     return self.method.predict(variables, batch)
 
-            self._predict = jax.jit(
+            self._predict = xla_options.jit(
                 predict,
                 in_shardings=(self.replicated, self.batch_sharding),
                 out_shardings=self.batch_sharding)

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from adverse_vision import cli, parallel, storage
+from adverse_vision import cli, parallel, storage, xla_options
 from adverse_vision.errors import OfficialUnavailable
 
 #: The tasks timed unless a method names its own: our side of them is the run's train
@@ -215,7 +215,7 @@ def _ours(trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarray]],
         infer_trainer = trainers["infer"]
         infer_batch = parallel.global_batch(batches["infer"], infer_trainer.mesh)
         variables = infer_trainer.init_state().eval_variables()
-        predict = jax.jit(infer_trainer.method.predict_fn(restore=True))
+        predict = xla_options.jit(infer_trainer.method.predict_fn(restore=True))
 
         def infer():
             jax.block_until_ready(predict(variables, infer_batch))

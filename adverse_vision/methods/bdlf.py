@@ -69,6 +69,7 @@ import optax
 
 from adverse_vision import bilevel, methods, optim
 from adverse_vision import workdir as workdir_lib
+from adverse_vision import xla_options
 from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.data import catalog, held_out
 from adverse_vision.losses.cross_entropy import IGNORE_LABEL, pixel_cross_entropy
@@ -647,7 +648,7 @@ class BDLFMethod(methods.Method):
             return {}
         theta = {"params": variables["params"]["fusion"]}
         _, ir, y = self._sources(batch)
-        fusion = bench.measure(jax.jit(self.fusion.apply), (theta, ir, y), steps)
+        fusion = bench.measure(xla_options.jit(self.fusion.apply), (theta, ir, y), steps)
         pixels = ir.shape[0] * ir.shape[1] * ir.shape[2]
         return {"fusion_batch_s": fusion.seconds,
                 "fusion_megapixels_per_s": pixels / fusion.seconds / 1e6,

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import optax
 
-from adverse_vision import parallel, versus
+from adverse_vision import parallel, versus, xla_options
 from adverse_vision.errors import OfficialUnavailable
 from adverse_vision.losses.fusion import fusion_loss
 from adverse_vision.ops import tap_conv
@@ -143,7 +143,7 @@ def own(method, trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarra
         return theta, opt_state, loss
 
     train = parallel.global_batch(batches["train"], trainer.mesh)
-    step = jax.jit(step).lower(state[0], state[1], train).compile()
+    step = xla_options.jit(step).lower(state[0], state[1], train).compile()
 
     def train_step():
         state[0], state[1], loss = step(state[0], state[1], train)
@@ -156,7 +156,7 @@ def own(method, trainers: dict[str, Any], batches: dict[str, dict[str, np.ndarra
     def fuse(theta, batch):
         return method._task_image(method._fuse(theta, batch), batch)  # pylint: disable=protected-access
 
-    fuse = jax.jit(fuse).lower(infer_theta, infer).compile()
+    fuse = xla_options.jit(fuse).lower(infer_theta, infer).compile()
 
     def inference():
         fuse(infer_theta, infer).block_until_ready()

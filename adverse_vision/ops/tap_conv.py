@@ -1,25 +1,28 @@
-"""A 2-D convolution whose kernel gradient is one matrix product per kernel row, on CPU.
+"""A 2-D convolution whose kernel gradient is one matrix product, on CPU, for 1x1 kernels.
 
-XLA:CPU computes many convolutions' kernel gradient (a convolution over the batch and
-the image) several times slower than the forward convolution of the same FLOPs: for
-DN-HL's ``conv3`` (3x3, 160 -> 256 channels, 46x46, batch 64) 1.68 s against 0.37 s
-forward, for a 1x1 convolution 256 -> 64 at the same size 0.26 s. Written per kernel
-row ``i`` as one matrix product of the channel-major input rows with the output
-gradient stacked over the kernel columns (``dK[i, :] = X_i^T [dY shifted by j]``), the
-same gradients take 0.73 s and 0.05 s. Which form wins depends on the shape (see
-``_rows_win``); elsewhere XLA's own gradient runs.
+The kernel gradient of a convolution is itself a convolution, over the batch and the
+image. Written per kernel row ``i`` as one matrix product of the channel-major input
+rows with the output gradient stacked over the kernel columns (``dK[i, :] = X_i^T [dY
+shifted by j]``), it is a single matrix product for a 1x1 kernel, and there it beats
+XLA:CPU's own gradient: a 1x1 convolution 256 -> 64 at 46x46, batch 64, 0.046 s against
+0.079 s; 128 -> 64 at 80x80, batch 8, 0.008 s against 0.016 s (2-core x86 CPU, programs
+compiled with :mod:`adverse_vision.xla_options`). For 3x3 kernels XLA's own gradient is
+the faster one (DN-HL's 3x3 160 -> 256 convolution at 46x46, batch 64: 0.35 s against
+0.75 s by rows), so they keep it (see ``_rows_win``). (The row form was first written
+for 3x3 kernels too, when XLA:CPU passed convolutions to YNNPACK, whose kernel gradients
+took 1.33 s for that convolution.)
 
 :func:`conv_general_dilated` has ``lax.conv_general_dilated``'s signature, so a flax
 ``nn.Conv(conv_general_dilated=...)`` takes it (see ``models.layers.Conv``). Inside
 :func:`kernel_gradients_by_rows` (the trainer's train step enters it), on CPU, for NHWC
 inputs and HWIO kernels without input dilation or feature groups, its forward pass and
-its input gradient are XLA's own; only the kernel gradient is computed per row where
+its input gradient are XLA's own; only the kernel gradient is computed by rows where
 that form wins. The form is a ``jax.custom_vjp``, which forward-mode differentiation
 (``jax.jvp``, ``jax.jacfwd``) cannot pass through; outside the context, and so in any
 user code, the convolution is ``lax.conv_general_dilated`` and every transform works.
 So it is for the shapes where XLA's gradient wins (decided at trace time from the
-output shape), on other backends and for other layouts. Results equal XLA's up to
-float32 summation order.
+kernel and output shapes), on other backends and for other layouts. Results equal
+XLA's up to float32 summation order.
 """
 
 from __future__ import annotations
@@ -107,12 +110,10 @@ MIN_OUTPUTS = 32768
 
 def _rows_win(kernel_shape, strides, outputs: int) -> bool:
     """Where the row form beat XLA's kernel gradient on a 2-core CPU, measured per shape
-    (``outputs`` = B * Ho * Wo): stride 1, at least :data:`MIN_OUTPUTS` outputs, and a
-    1x1 kernel (4.8x at 135,424 outputs) or at least 64 input channels (3x3: 1.1-2.5x;
-    with 32 input channels it was 0.5x)."""
-    kh, kw, cin, _ = kernel_shape
-    return (tuple(strides) == (1, 1) and outputs >= MIN_OUTPUTS
-            and (kh == kw == 1 or cin >= 64))
+    (``outputs`` = B * Ho * Wo): stride 1, at least :data:`MIN_OUTPUTS` outputs and a
+    1x1 kernel (1.7-2x). 3x3 kernels lost (0.4-0.65x at 32-256 input channels)."""
+    kh, kw = kernel_shape[:2]
+    return tuple(strides) == (1, 1) and outputs >= MIN_OUTPUTS and kh == kw == 1
 
 
 _tap_conv.defvjp(_fwd, _bwd)

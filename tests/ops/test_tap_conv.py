@@ -20,12 +20,12 @@ def _grads(conv, x, w, **kw):
 
 
 @pytest.mark.parametrize("k, cin, strides, padding, dilation", [
-    (3, 64, (1, 1), "SAME", (1, 1)),          # the row form
-    (1, 24, (1, 1), "VALID", (1, 1)),         # one matrix product
+    (1, 24, (1, 1), "VALID", (1, 1)),         # the row form: one matrix product
+    (1, 64, (1, 1), ((1, 0), (0, 2)), (1, 1)),  # padded 1x1: the row form
+    (3, 64, (1, 1), "SAME", (1, 1)),          # 3x3: XLA's gradient
     (3, 64, (1, 1), ((2, 2), (2, 2)), (2, 2)),  # dilated (BDLF's dense blocks)
-    (3, 64, (1, 1), ((2, 1), (0, 3)), (1, 1)),  # uneven padding
-    (4, 3, (1, 1), "VALID", (1, 1)),           # few input channels: XLA's gradient
-    (3, 64, (2, 2), ((1, 1), (1, 1)), (1, 1)),  # stride 2: XLA's gradient
+    (4, 3, (1, 1), "VALID", (1, 1)),           # XLA's gradient
+    (1, 64, (2, 2), ((0, 0), (0, 0)), (1, 1)),  # stride 2: XLA's gradient
 ])
 def test_values_and_both_gradients_equal_lax(k, cin, strides, padding, dilation):
     kx, kw = jax.random.split(jax.random.key(0))
@@ -40,7 +40,24 @@ def test_values_and_both_gradients_equal_lax(k, cin, strides, padding, dilation)
     # float32 sums over 36,608 outputs in another order
     np.testing.assert_allclose(gw, dw, rtol=1e-4, atol=1e-5 * float(np.abs(dw).max()))
     uses_rows = tap_conv._rows_win(w.shape, strides, 256 * 11 * 13)  # pylint: disable=protected-access
-    assert uses_rows == (strides == (1, 1) and (cin >= 64 or k == 1))
+    assert uses_rows == (strides == (1, 1) and k == 1)
+
+
+@pytest.mark.parametrize("k, padding, dilation", [
+    (3, ((1, 1), (1, 1)), (1, 1)), (3, ((2, 2), (2, 2)), (2, 2)), (3, ((2, 1), (0, 3)), (1, 1)),
+    (4, ((0, 0), (0, 0)), (1, 1))])
+def test_row_form_of_larger_kernels_equals_xla(k, padding, dilation):
+    """The row form is written for any kernel size (only 1x1 kernels take it now, where
+    it is faster); its kernel gradient equals XLA's for larger ones too."""
+    kx, kd = jax.random.split(jax.random.key(5))
+    x = jax.random.normal(kx, (16, 11, 13, 24))
+    w = jnp.zeros((k, k, 24, 7))
+    y, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
+        x, w, (1, 1), padding, rhs_dilation=dilation, dimension_numbers=NHWC), w)
+    dy = jax.random.normal(kd, y.shape)
+    got = tap_conv._kernel_grad_rows(x, dy, w.shape, padding, dilation, None)  # pylint: disable=protected-access
+    want = vjp(dy)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
 
 
 def test_small_problems_keep_xla_gradient():
@@ -52,7 +69,7 @@ def test_the_row_form_is_what_runs_on_cpu():
     """The kernel gradient's program differs from XLA's own where the row form wins (a
     stack of per-row matrix products, no convolution for the kernel gradient)."""
     x = jnp.ones((512, 8, 8, 64))
-    w = jnp.ones((3, 3, 64, 8))
+    w = jnp.ones((1, 1, 64, 8))
 
     def kernel_grad(conv):
         return jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv(
@@ -76,16 +93,15 @@ def test_shapes_where_xla_wins_are_plain_lax_inside_the_context():
         with tap_conv.kernel_gradients_by_rows():
             return str(jax.make_jaxpr(lambda x, w: tap_conv.conv_general_dilated(
                 x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC))(x, w))
-    w64 = jnp.ones((3, 3, 64, 8))
-    assert "custom_vjp" in forward(jnp.ones((512, 8, 8, 64)), w64, (1, 1))
-    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 64)), w64, (2, 2))   # stride 2
-    assert "custom_vjp" not in forward(jnp.ones((4, 8, 8, 64)), w64, (1, 1))     # 256 outputs
-    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 32)), jnp.ones((3, 3, 32, 8)), (1, 1))
-    # the output shape counts padding and dilation: VALID 6x6 outputs (1024 * 36 = 36,864)
-    # win; dilated by 2, 4x4 outputs (16,384) do not
-    x = jnp.ones((1024, 8, 8, 64))
-    assert "custom_vjp" in forward(x, w64, (1, 1), "VALID")
-    assert "custom_vjp" not in forward(x, w64, (1, 1), "VALID", (2, 2))
+    w1 = jnp.ones((1, 1, 64, 8))
+    assert "custom_vjp" in forward(jnp.ones((512, 8, 8, 64)), w1, (1, 1))
+    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 64)), w1, (2, 2))   # stride 2
+    assert "custom_vjp" not in forward(jnp.ones((4, 8, 8, 64)), w1, (1, 1))     # 256 outputs
+    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 64)), jnp.ones((3, 3, 64, 8)), (1, 1))
+    # the output shape counts padding: VALID 1x1 on 8x8 (512 * 64 = 32,768) wins; padded
+    # 1x1 outputs grow, cropped ones (negative padding) of 6x6 (18,432) do not
+    assert "custom_vjp" in forward(jnp.ones((512, 8, 8, 64)), w1, (1, 1), "VALID")
+    assert "custom_vjp" not in forward(jnp.ones((512, 8, 8, 64)), w1, (1, 1), ((-1, -1), (-1, -1)))
 
 
 def test_other_layouts_and_groups_are_lax_itself():

@@ -63,6 +63,7 @@ import numpy as np
 
 from adverse_vision import methods
 from adverse_vision import workdir as workdir_lib
+from adverse_vision import xla_options
 from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.data import catalog
 from adverse_vision.methods.depth_dehaze.keys import (
@@ -394,7 +395,7 @@ class DepthDehazeMethod(methods.Method):
         device = jax.local_devices()[0]
         variables = jax.device_put(jax.device_get(variables), device)
         x = jax.device_put(jnp.zeros((1, h, w, 3), jnp.float32), device)
-        measured = bench.measure(jax.jit(lambda v, x: self.run(v, x)["dehazed"]),
+        measured = bench.measure(xla_options.jit(lambda v, x: self.run(v, x)["dehazed"]),
                                  (variables, x), steps)
         return {"dehaze_vga_s": measured.seconds,
                 "dehaze_vga_megapixels_per_s": h * w / measured.seconds / 1e6,
@@ -507,7 +508,7 @@ def native_report(method: DepthDehazeMethod, variables, source):
     """``(metrics, table)`` of every valid pair of ``source`` at its native size, and by
     the released protocol (both images resized to a multiple of 32) beside it."""
     from adverse_vision.metrics.dehaze import official_resize  # pylint: disable=import-outside-toplevel
-    run = jax.jit(lambda v, x: method.run(v, x)["dehazed"])
+    run = xla_options.jit(lambda v, x: method.run(v, x)["dehazed"])
     # Image by image on one device (replicated variables would run every image on each).
     variables = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
     meter = DehazeMeter()

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import jax
 import numpy as np
 
+from adverse_vision import xla_options
 from adverse_vision.methods.dnhl.stages import DENOISER_KEYS, MAX_PSNR, load_stage
 from adverse_vision.metrics.image import psnr, ssim
 from adverse_vision.models.dnhl import denoiser_crop
@@ -52,11 +52,11 @@ def _denoisers(trainer, variables) -> list[tuple[str, dict[str, Any]]]:
 def _rows(trainer, variables, data, entry: str, sigmas, denoisers) -> list[dict[str, Any]]:
     method = trainer.method
     _, high = method.split_variables(variables)
-    with_den = jax.jit(lambda d, h, b, s: method.run(d, h, b, s))
-    no_den = jax.jit(lambda h, b, s: method.run(None, h, b, s))
+    with_den = xla_options.jit(lambda d, h, b, s: method.run(d, h, b, s))
+    no_den = xla_options.jit(lambda h, b, s: method.run(None, h, b, s))
     rows = []
     if method.stage == "high":
-        clean = jax.jit(lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
+        clean = xla_options.jit(lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
         rows.append({"sigma": 0.0, "input": "clean",
                      **_pass(trainer, lambda b: clean(high, b), data, entry)})
     for sigma in sigmas:
@@ -83,7 +83,7 @@ def image_rows(trainer, folder: str, sigmas, denoisers) -> list[dict[str, Any]]:
     from adverse_vision.data.folders import ImageFolderSource  # pylint: disable=import-outside-toplevel
     method, cfg = trainer.method, trainer.cfg
     margin = denoiser_crop(cfg.dnhl.denoiser_form)
-    apply = jax.jit(lambda d, x: method.denoiser.apply(d, x, train=False))
+    apply = xla_options.jit(lambda d, x: method.denoiser.apply(d, x, train=False))
     source = ImageFolderSource(folder)
     border = int(cfg.dnhl.psnr_border)
     rows = []

@@ -46,6 +46,7 @@ import numpy as np
 
 from adverse_vision import methods
 from adverse_vision import workdir as workdir_lib
+from adverse_vision import xla_options
 from adverse_vision.config import ConfigError, check_choice, check_ranges
 from adverse_vision.data import catalog
 from adverse_vision.losses.cross_entropy import cross_entropy, pixel_cross_entropy
@@ -381,7 +382,7 @@ class DNHLMethod(methods.Method):
             return {}
         den, _ = self.split_variables(variables)
         x = batch["image"].astype(jnp.float32) / 255.0
-        denoiser = bench.measure(jax.jit(lambda d, x: self.denoiser.apply(d, x, train=False)),
+        denoiser = bench.measure(xla_options.jit(lambda d, x: self.denoiser.apply(d, x, train=False)),
                                  (den, x), steps)
         pixels = x.shape[0] * x.shape[1] * x.shape[2]
         return {"denoiser_batch_s": denoiser.seconds,
