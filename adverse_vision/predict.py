@@ -201,7 +201,7 @@ def predict_fn(trainer, restore: bool) -> Callable:
     if fn == method.predict:
         return trainer.predict
     return xla_options.jit(fn, in_shardings=(trainer.replicated, trainer.batch_sharding),
-                   out_shardings=trainer.batch_sharding)
+                           out_shardings=trainer.batch_sharding)
 
 
 @dataclass

@@ -56,7 +56,8 @@ def _rows(trainer, variables, data, entry: str, sigmas, denoisers) -> list[dict[
     no_den = xla_options.jit(lambda h, b, s: method.run(None, h, b, s))
     rows = []
     if method.stage == "high":
-        clean = xla_options.jit(lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
+        clean = xla_options.jit(
+            lambda h, b: method.high_outputs(h, b["image"].astype("float32") / 255.0))
         rows.append({"sigma": 0.0, "input": "clean",
                      **_pass(trainer, lambda b: clean(high, b), data, entry)})
     for sigma in sigmas:

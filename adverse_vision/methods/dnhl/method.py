@@ -382,8 +382,8 @@ class DNHLMethod(methods.Method):
             return {}
         den, _ = self.split_variables(variables)
         x = batch["image"].astype(jnp.float32) / 255.0
-        denoiser = bench.measure(xla_options.jit(lambda d, x: self.denoiser.apply(d, x, train=False)),
-                                 (den, x), steps)
+        denoiser = bench.measure(
+            xla_options.jit(lambda d, x: self.denoiser.apply(d, x, train=False)), (den, x), steps)
         pixels = x.shape[0] * x.shape[1] * x.shape[2]
         return {"denoiser_batch_s": denoiser.seconds,
                 "denoiser_megapixels_per_s": pixels / denoiser.seconds / 1e6}
