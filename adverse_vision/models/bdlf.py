@@ -13,6 +13,9 @@ with ONE PReLU slope shared by its three uses (the official module holds a singl
 features by 32 channels with ReLU and dense concatenation (64 -> 96 -> ... -> 224
 channels), a 1x1 convolution back to 64, and ``out = x + ReLU(conv1x1)``. The output
 is not clipped; :func:`adverse_vision.ops.color.fused_color` makes the colour image.
+For even image sizes the two blocks run on the four phase images of the features
+(:mod:`adverse_vision.ops.space_to_batch`), where the dilated convolutions are
+undilated ones: the same sums, parameters and outputs, a faster program.
 
 :class:`PixelCritic` (the lower-level critic omega_d) is a 1x1 "pixel GAN"
 discriminator: conv1x1 1->64 -> LeakyReLU(0.2) -> conv1x1 64->128 without bias ->
@@ -43,6 +46,7 @@ import jax.numpy as jnp
 
 from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import Conv, remat, torch_bias_init, torch_kernel_init
+from adverse_vision.ops import space_to_batch
 
 Dtype = Any
 
@@ -52,6 +56,7 @@ FEATURES = 64
 GROWTH = 32
 DRDB_CONVS = 5
 TAIL = 32
+DILATION = 2
 CRITIC_FEATURES = 64
 
 
@@ -81,11 +86,13 @@ def _conv(features: int, kernel: int, fan_in: int, name: str, dtype: Dtype, para
 
 
 class DRDB(nn.Module):
-    """Dilated residual dense block (see the module docstring)."""
+    """Dilated residual dense block (see the module docstring). ``dilation=1`` runs the
+    same block on phase images (:mod:`adverse_vision.ops.space_to_batch`)."""
 
     growth: int = GROWTH
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    dilation: int = DILATION
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -93,7 +100,7 @@ class DRDB(nn.Module):
         dense = x
         for i in range(1, DRDB_CONVS + 1):
             y = _conv(self.growth, 3, dense.shape[-1], f"Dcov{i}", self.dtype, self.param_dtype,
-                      dilation=2)(dense)
+                      dilation=self.dilation)(dense)
             dense = jnp.concatenate([dense, nn.relu(y)], axis=-1)
         y = _conv(features, 1, dense.shape[-1], "conv", self.dtype, self.param_dtype)(dense)
         return x + nn.relu(y)
@@ -120,8 +127,16 @@ class FusionNet(nn.Module):
         x = jnp.concatenate([ir, vis_y], axis=-1).astype(self.dtype)
         x = prelu(_conv(features, 3, 2, "conv1", self.dtype, self.param_dtype)(x))
         block = remat(DRDB, self.remat, static_argnums=())
-        x = block(growth, self.dtype, self.param_dtype, name="DRDB1")(x)
-        x = block(growth, self.dtype, self.param_dtype, name="DRDB2")(x)
+        # The dense blocks' dilated convolutions as undilated ones over phase images,
+        # where the size allows: the same sums, faster (ops/space_to_batch.py).
+        phases = space_to_batch.divides(DILATION, *x.shape[1:3])
+        dilation = 1 if phases else DILATION
+        if phases:
+            x = space_to_batch.space_to_batch(x, DILATION)
+        x = block(growth, self.dtype, self.param_dtype, dilation, name="DRDB1")(x)
+        x = block(growth, self.dtype, self.param_dtype, dilation, name="DRDB2")(x)
+        if phases:
+            x = space_to_batch.batch_to_space(x, DILATION)
         x = prelu(_conv(tail, 3, features, "conv2", self.dtype, self.param_dtype)(x))
         x = prelu(_conv(1, 3, tail, "conv21", self.dtype, self.param_dtype)(x))
         return x.astype(jnp.float32)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from adverse_vision.convert import load_official, read_state_dict
 from adverse_vision.models.bdlf import BDLFusion, FusionNet, PixelCritic
@@ -101,3 +102,41 @@ def test_shapes_train_mode_and_bad_inputs():
         critic.apply(cv, jnp.zeros((2, 8, 8, 3)))
     with pytest.raises(ValueError, match="FusionNet.width"):
         FusionNet(width=0).init(jax.random.key(0), ir, y)
+
+
+def _plain_fusion(params, ir, y):
+    """FusionNet written out with dilated lax convolutions (no phase images)."""
+    def conv(p, x, dilation=1):
+        k = p["kernel"].shape[0]
+        pad = ((dilation * (k // 2),) * 2,) * 2
+        return lax.conv_general_dilated(x, p["kernel"], (1, 1), pad,
+                                        rhs_dilation=(dilation, dilation),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+
+    def prelu(x):
+        return jnp.where(x >= 0, x, params["relu"]["negative_slope"] * x)
+
+    x = prelu(conv(params["conv1"], jnp.concatenate([ir, y], -1)))
+    for block in ("DRDB1", "DRDB2"):
+        dense = x
+        for i in range(1, 6):
+            dense = jnp.concatenate(
+                [dense, jax.nn.relu(conv(params[block][f"Dcov{i}"], dense, 2))], -1)
+        x = x + jax.nn.relu(conv(params[block]["conv"], dense))
+    return prelu(conv(params["conv21"], prelu(conv(params["conv2"], x))))
+
+
+@pytest.mark.parametrize("size", [(24, 20), (23, 20), (24, 19)])
+def test_phase_images_equal_the_dilated_network_with_gradients(size):
+    """Even sizes run the dense blocks over phase images, odd ones dilated: both equal
+    the network written with dilated convolutions, and so do the parameter gradients."""
+    ir = jax.random.uniform(jax.random.key(1), (2, *size, 1))
+    y = jax.random.uniform(jax.random.key(2), (2, *size, 1))
+    fusion = FusionNet(width=0.25)
+    params = fusion.init(jax.random.key(0), ir, y)["params"]
+    np.testing.assert_allclose(fusion.apply({"params": params}, ir, y),
+                               _plain_fusion(params, ir, y), rtol=1e-5, atol=1e-5)
+    ours = jax.grad(lambda p: jnp.sum(fusion.apply({"params": p}, ir, y) ** 2))(params)
+    plain = jax.grad(lambda p: jnp.sum(_plain_fusion(p, ir, y) ** 2))(params)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
