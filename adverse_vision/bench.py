@@ -71,6 +71,7 @@ def run(cfg, steps: int = 10, infer_steps: int = 10, infer_batch: int = 0,
         "config": {"method": cfg.method, "model": dict(cfg.model),
                    "image_size": cfg.image_size, "batch_size": cfg.batch_size},
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "host": timing.host(),
         "train_step_s": train.seconds, "train_images_per_s": cfg.batch_size / train.seconds,
         "train_compile_s": train.compile_s, "train_flops_per_step": train.flops,
         "train_flops_per_s": train.flops / train.seconds,
@@ -111,7 +112,7 @@ def _model_label(config: dict[str, Any]) -> str:
 def format_result(r: dict[str, Any]) -> str:
     """The report of :func:`run`'s result (its method's own lines included)."""
     lines = [
-        f"devices               {r['devices']}",
+        f"devices               {r['devices']} (host: {r.get('host', '?')})",
         f"model                 {_model_label(r['config'])} "
         f"({r['config']['model'].get('dtype')}), train {r['config']['image_size']} px "
         f"batch {r['config']['batch_size']}",

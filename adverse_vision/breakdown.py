@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 
-from adverse_vision import cli, parallel, storage, versus, xla_options
+from adverse_vision import cli, parallel, storage, timing, versus, xla_options
 from adverse_vision.trainer import LOSS_SCOPE, OPTIMIZER_SCOPE
 
 #: The stage of operations outside every module and scope (metrics, step counter).
@@ -484,6 +484,7 @@ def main() -> int:
         theirs, info = official(trainers, batches, f.official, f.calls, f.depth, tasks)
         print(" ".join(f"{k}={v}" for k, v in info.items()))
     results = ours(trainers, batches, f.calls, f.depth, tasks) + theirs
+    print(f"host={timing.host()} date={time.strftime('%Y-%m-%d')}")
     print(table(results))
     if f.json:
         storage.write_text(f.json, json.dumps([r.summary() for r in results], indent=2))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import platform
 import re
 import time
 from typing import Any, Callable, Optional
@@ -24,6 +26,23 @@ PEAK_FLOPS = {
     ("TPU v5e", "bfloat16"): 197e12, ("TPU v5p", "bfloat16"): 459e12,
     ("TPU v6", "bfloat16"): 918e12,
 }
+
+
+def host(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's processor and its core count, as a timing's record names it
+    (``"Intel(R) Xeon(R) Processor, 2 cores"``): the first ``model name`` of
+    ``cpuinfo`` where there is one, else ``platform.processor()``."""
+    model = ""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name") and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown processor"
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:

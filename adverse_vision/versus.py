@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from adverse_vision import cli, parallel, storage, xla_options
+from adverse_vision import cli, parallel, storage, timing, xla_options
 from adverse_vision.errors import OfficialUnavailable
 
 #: The tasks timed unless a method names its own: our side of them is the run's train
@@ -255,6 +255,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
             "infer_size": infer_size or cfg.image_size, "rounds": rounds, "warmup": warmup,
             "settle_s": settle_s,
             "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "host": timing.host(), "date": time.strftime("%Y-%m-%d"),
             **{k: v for k, v in official_info.items() if k != NETWORKS}}
     return results, info
 

@@ -7,7 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from adverse_vision import bench, methods
+from adverse_vision import bench, methods, timing
 from adverse_vision.data import catalog
 from configs import yolox_scenes
 from tests.helpers import dnhl_smoke_config
@@ -19,11 +19,20 @@ def test_bench_reports_rates_and_flops():
     assert r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
     assert r["train_flops_per_step"] > 3 * r["infer_flops_per_batch"] * 96**2 / 128**2 * 0.5
     assert r["infer_image_size"] == 128 and r["peak_host_memory_gib"] > 0.1
+    assert r["host"].endswith(" cores")
     # At least the parameters, optimizer state and batch; less than the host has.
     assert 0.01 < r["train_memory_gib"] < 8 and 0 < r["infer_memory_gib"] < r["train_memory_gib"]
     text = bench.format_result(r)
     assert "images/s" in text and "GFLOP/s" in text and "MFU" in text
     assert "model                 detection nano (float32)" in text
+
+
+def test_host_names_the_processor_and_its_cores(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t: x\n"
+                       "processor\t: 1\nmodel name\t: Some CPU @ 2.0GHz\n")
+    assert timing.host(str(cpuinfo)) == f"Some CPU @ 2.0GHz, {os.cpu_count()} cores"
+    assert timing.host(str(tmp_path / "missing")).endswith(f", {os.cpu_count()} cores")
 
 
 def test_peak_flops_table():

@@ -96,6 +96,7 @@ def test_compare_times_a_stand_in_official_against_our_detector(tmp_path, monkey
     for r in results:
         assert len(r.official) == len(r.ours) == 2 and min(r.official + r.ours) > 0
     assert info["official_label"] == "stand-in" and info["infer_size"] == 64
+    assert info["host"].endswith(" cores") and len(info["date"]) == 10
 
 
 def test_what_is_missing_is_one_line(tmp_path):

@@ -35,7 +35,7 @@ import numpy as np
 from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.ops import tap_conv
 from adverse_vision.ops.conv_transpose import conv_transpose
-from adverse_vision.ops.narrow_conv import narrow_conv
+from adverse_vision.ops.narrow_conv import narrow_conv, resized_narrow_conv
 
 Dtype = Any
 
@@ -352,13 +352,20 @@ class NarrowConv(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, resize: tuple[Any, Any] | None = None) -> jax.Array:
+        """``resize``: ``(rows, cols)``, constant matrices that resize ``x`` first
+        (:func:`adverse_vision.ops.narrow_conv.resized_narrow_conv`)."""
         k, cin = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features),
                             self.param_dtype)
         bias = self.param("bias", self.bias_init or torch_bias_init(cin * k * k),
                           (self.features,), self.param_dtype)
         x = x.astype(self.dtype)
+        if resize is not None:
+            if self.padding:
+                raise ValueError("NarrowConv: padding and resize together are not supported")
+            y = resized_narrow_conv(x, kernel.astype(self.dtype), *resize)
+            return y + bias.astype(self.dtype)
         if self.padding:
             p = self.padding
             x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))

@@ -448,8 +448,10 @@ class RestorationDecoder(nn.Module):
         x = UpBlock(c3.shape[-1], name="conv_2", **kw)(jnp.concatenate([x, c4], -1), train)
         x = UpBlock(self.channels, name="conv_3", **kw)(jnp.concatenate([x, c3], -1), train)
         _, h, w, _ = x.shape
-        x = resize_bilinear_align_corners(x, 4 * h, 4 * w, reflect_pad=3)
-        x = NarrowConv(self.out_channels, 7, name="conv_4", **kw)(x)
+        # The resize (with its reflection padding) is two constant matrices, applied
+        # inside conv_4 so that its kernel gradient is taken at the small size.
+        resize = (_align_corners_matrix(h, 4 * h, 3), _align_corners_matrix(w, 4 * w, 3))
+        x = NarrowConv(self.out_channels, 7, name="conv_4", **kw)(x, resize=resize)
         return jnp.tanh(x.astype(jnp.float32))
 
 

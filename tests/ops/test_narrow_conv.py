@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from adverse_vision.ops.narrow_conv import narrow_conv
+from adverse_vision.models.togethernet import _align_corners_matrix
+from adverse_vision.ops.narrow_conv import narrow_conv, resized_narrow_conv
 
 
 def _conv(x, kernel):
@@ -47,3 +48,40 @@ def test_bad_shapes_are_named():
         narrow_conv(jnp.zeros((1, 8, 8, 4)), jnp.zeros((3, 3, 5, 3)))
     with pytest.raises(ValueError, match="smaller than"):
         narrow_conv(jnp.zeros((1, 4, 8, 4)), jnp.zeros((7, 7, 4, 3)))
+
+
+@pytest.mark.parametrize("small, kernel_shape", [
+    ((2, 5, 6, 4), (7, 7, 4, 3)),  # TogetherNet's conv_4 after a x4 resize padded by 3
+    ((1, 4, 3, 2), (3, 5, 2, 1)),
+])
+def test_resized_values_and_gradients_equal_the_plain_composition(small, kernel_shape):
+    """The kernel gradient taken at the small size equals that of the plain convolution
+    of the resized map; so do the values, the input gradient and their second use."""
+    kh, kw = kernel_shape[:2]
+    rows = _align_corners_matrix(small[1], 4 * small[1], 3)
+    cols = _align_corners_matrix(small[2], 4 * small[2], 3)
+    kx, kk, kc = jax.random.split(jax.random.key(1), 3)
+    f = jax.random.normal(kx, small)
+    kernel = jax.random.normal(kk, kernel_shape)
+
+    def plain(f, kernel):
+        x = jnp.einsum("pu,buvc->bpvc", rows, f, precision=lax.Precision.HIGHEST)
+        x = jnp.einsum("qv,bpvc->bpqc", cols, x, precision=lax.Precision.HIGHEST)
+        return _conv(x, kernel)
+
+    def ours(f, kernel):
+        return resized_narrow_conv(f, kernel, rows, cols)
+
+    ref = plain(f, kernel)
+    assert ref.shape == (small[0], 4 * small[1] + 7 - kh, 4 * small[2] + 7 - kw,
+                         kernel_shape[3])
+    assert _rel(jax.jit(ours)(f, kernel), ref) < 1e-5
+    cot = jax.random.normal(kc, ref.shape)
+
+    def grads(fn):
+        return jax.jit(jax.grad(lambda f, k: jnp.sum(fn(f, k) * cot), argnums=(0, 1)))(f, kernel)
+
+    for got, want in zip(grads(ours), grads(plain)):
+        assert got.shape == want.shape and _rel(got, want) < 1e-5
+    with pytest.raises(ValueError, match="resized_narrow_conv: need f"):
+        resized_narrow_conv(f, kernel, rows[:, :-1], cols)
