@@ -449,7 +449,7 @@ class RestorationDecoder(nn.Module):
         x = UpBlock(self.channels, name="conv_3", **kw)(jnp.concatenate([x, c3], -1), train)
         _, h, w, _ = x.shape
         # The resize (with its reflection padding) is two constant matrices, applied
-        # inside conv_4 so that its kernel gradient is taken at the small size.
+        # inside conv_4, which never forms the resized map (ops/narrow_conv.py).
         resize = (_align_corners_matrix(h, 4 * h, 3), _align_corners_matrix(w, 4 * w, 3))
         x = NarrowConv(self.out_channels, 7, name="conv_4", **kw)(x, resize=resize)
         return jnp.tanh(x.astype(jnp.float32))

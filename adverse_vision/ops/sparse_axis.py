@@ -48,7 +48,7 @@ def _blend(index: np.ndarray, weight: np.ndarray, x: jax.Array, axis: int) -> ja
     return out.astype(x.dtype)
 
 
-def dense_along_axis(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
+def _dense(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
     """``matrix @ x`` along ``axis`` as one dense product, at full float32 precision."""
     out = jnp.einsum("oi,...i->...o", jnp.asarray(matrix, x.dtype), jnp.moveaxis(x, axis, -1),
                      precision=jax.lax.Precision.HIGHEST)
@@ -71,13 +71,13 @@ def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
         return _blend(*forward, v, axis)
 
     def apply_fwd(v):  # under differentiation: the dense product (see the docstring)
-        return dense_along_axis(matrix, v, axis), None
+        return _dense(matrix, v, axis), None
 
     def apply_bwd(_, g):
-        return (dense_along_axis(matrix.T, g, axis),)
+        return (_dense(matrix.T, g, axis),)
 
     apply.defvjp(apply_fwd, apply_bwd)
     return apply(x)
 
 
-__all__ = ["dense_along_axis", "matmul_along_axis", "matrix_taps"]
+__all__ = ["matmul_along_axis", "matrix_taps"]

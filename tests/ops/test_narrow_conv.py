@@ -55,8 +55,8 @@ def test_bad_shapes_are_named():
     ((1, 4, 3, 2), (3, 5, 2, 1)),
 ])
 def test_resized_values_and_gradients_equal_the_plain_composition(small, kernel_shape):
-    """The kernel gradient taken at the small size equals that of the plain convolution
-    of the resized map; so do the values, the input gradient and their second use."""
+    """The factored form equals the plain convolution of the resized map: values, both
+    gradients and a forward-mode derivative."""
     kh, kw = kernel_shape[:2]
     rows = _align_corners_matrix(small[1], 4 * small[1], 3)
     cols = _align_corners_matrix(small[2], 4 * small[2], 3)
@@ -83,5 +83,9 @@ def test_resized_values_and_gradients_equal_the_plain_composition(small, kernel_
 
     for got, want in zip(grads(ours), grads(plain)):
         assert got.shape == want.shape and _rel(got, want) < 1e-5
+    tangent = jax.random.normal(kc, kernel.shape)  # forward mode passes through too
+    _, got = jax.jvp(lambda k: ours(f, k), (kernel,), (tangent,))
+    _, want = jax.jvp(lambda k: plain(f, k), (kernel,), (tangent,))
+    assert _rel(got, want) < 1e-5
     with pytest.raises(ValueError, match="resized_narrow_conv: need f"):
         resized_narrow_conv(f, kernel, rows[:, :-1], cols)
