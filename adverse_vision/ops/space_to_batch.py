@@ -30,21 +30,23 @@ def divides(rate: int, height: int, width: int) -> bool:
 
 
 def space_to_batch(x: jax.Array, rate: int) -> jax.Array:
-    """(N, H, W, C) -> (rate * rate * N, H / rate, W / rate, C): phase ``(p, q)`` of
-    image ``n`` is ``x[n, p::rate, q::rate]`` at batch index ``(p * rate + q) * N + n``."""
+    """(N, H, W, C) -> (N * rate * rate, H / rate, W / rate, C): phase ``(p, q)`` of
+    image ``n`` is ``x[n, p::rate, q::rate]`` at batch index ``(n * rate + p) * rate +
+    q``. Each image's phases follow it, so a batch split over devices stays split (no
+    collective)."""
     n, h, w, c = x.shape
     if not divides(rate, h, w):
         raise ValueError(f"space_to_batch: rate {rate} does not divide the image size {h}x{w}")
-    x = x.reshape(n, h // rate, rate, w // rate, rate, c).transpose(2, 4, 0, 1, 3, 5)
-    return x.reshape(rate * rate * n, h // rate, w // rate, c)
+    x = x.reshape(n, h // rate, rate, w // rate, rate, c).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(n * rate * rate, h // rate, w // rate, c)
 
 
 def batch_to_space(x: jax.Array, rate: int) -> jax.Array:
-    """The inverse of :func:`space_to_batch`: (rate * rate * N, h, w, C) -> (N, h * rate,
+    """The inverse of :func:`space_to_batch`: (N * rate * rate, h, w, C) -> (N, h * rate,
     w * rate, C)."""
     b, h, w, c = x.shape
     if b % (rate * rate):
         raise ValueError(f"batch_to_space: batch {b} is not a multiple of {rate * rate} phases")
     n = b // (rate * rate)
-    x = x.reshape(rate, rate, n, h, w, c).transpose(2, 3, 0, 4, 1, 5)
+    x = x.reshape(n, rate, rate, h, w, c).transpose(0, 3, 1, 4, 2, 5)
     return x.reshape(n, h * rate, w * rate, c)

@@ -15,11 +15,11 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 def test_phase_layout_and_round_trip(rate):
     x = jnp.arange(2 * 6 * 12 * 3, dtype=jnp.float32).reshape(2, 6, 12, 3)
     phases = space_to_batch(x, rate)
-    assert phases.shape == (rate * rate * 2, 6 // rate, 12 // rate, 3)
+    assert phases.shape == (2 * rate * rate, 6 // rate, 12 // rate, 3)
     for p in range(rate):
         for q in range(rate):
-            for n in range(2):
-                np.testing.assert_array_equal(phases[(p * rate + q) * 2 + n],
+            for n in range(2):  # each image's phases next to each other
+                np.testing.assert_array_equal(phases[(n * rate + p) * rate + q],
                                               x[n, p::rate, q::rate])
     np.testing.assert_array_equal(batch_to_space(phases, rate), x)
 
