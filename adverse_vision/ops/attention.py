@@ -4,13 +4,20 @@ The attention of ``N`` queries over ``M`` keys holds a ``(B, H, N, M)`` logit ar
 for queries at half the resolution of a 640x640 image and keys reduced 4x4 further,
 102,400 x 6,400 floats (2.6 GB) per block; at 1024x1024, 262,144 x 16,384 (17 GB),
 beyond most hosts and accelerators.
-Above :data:`MAX_LOGITS`, the queries go in chunks (``lax.map``) whose logits hold
-about :data:`LOGITS_PER_CHUNK` floats, so memory stays bounded at any image size; every
-row goes through the same operations as in one piece (equal to float32 rounding:
-XLA may order a product's sums differently for another shape). Below it one piece is
-faster on the CPU (README, Benchmark: a whole dehazing network at 640x640 took 4.6 s
-with its attention in one piece and 5.9 s in chunks; its products already run at more
-than half the machine's matrix product rate, and the loop costs its steps).
+Above a logit budget the queries go in chunks (``lax.map``) whose logits hold about
+:data:`LOGITS_PER_CHUNK` floats, so memory stays bounded at any image size; every row
+goes through the same operations as in one piece (equal to float32 rounding: XLA may
+order a product's sums differently for another shape). The budget depends on the
+platform (:func:`default_max_logits`): on the CPU it is one chunk, because a chunk's
+logits stay in the processor's caches while one piece's pass through memory once per
+operation (README, Benchmark: the 640x640 stage-1 attention 1.65 s in one piece,
+1.11 s in chunks of 2**22 logits); on accelerators it is :data:`MAX_LOGITS`, where one
+piece avoids a loop of small kernels.
+
+The softmax's division comes after the second product (``(exp(l - max) v) / sum``),
+which divides ``N x E`` numbers rather than ``N x M`` and saves a pass over the
+logits: with it the chunks' gradients cost no more than one piece's (3.75 against
+5.60 s for the same block with the division first).
 """
 
 from __future__ import annotations
@@ -20,14 +27,21 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-#: Logits (floats) of one attention above which its queries go in chunks: 2**30
-#: (4 GiB in float32).
+#: Logits (floats) of one attention above which its queries go in chunks on
+#: accelerators: 2**30 (4 GiB in float32).
 MAX_LOGITS = 2 ** 30
-#: Logits per chunk of queries: 2**20 (4 MiB in float32) was the fastest of 2**18,
-#: 2**20 and 2**22 for the 640x640 attention above, on a 2-core CPU.
-LOGITS_PER_CHUNK = 2 ** 20
+#: Logits per chunk of queries, and the budget on the CPU: 2**22 (16 MiB in float32)
+#: was the fastest of 2**20 to 2**24 for the 640x640 attention above, forward and
+#: backward, on a 2-core CPU.
+LOGITS_PER_CHUNK = 2 ** 22
 #: Fewer queries per chunk than this are not worth a loop step.
 MIN_QUERY_CHUNK = 16
+
+
+def default_max_logits() -> int:
+    """The default budget: :data:`LOGITS_PER_CHUNK` on the CPU, :data:`MAX_LOGITS`
+    on accelerators (``jax.default_backend()``)."""
+    return LOGITS_PER_CHUNK if jax.default_backend() == "cpu" else MAX_LOGITS
 
 
 def query_chunk(batch: int, queries: int, heads: int, keys: int,
@@ -35,9 +49,9 @@ def query_chunk(batch: int, queries: int, heads: int, keys: int,
                 ) -> int:
     """Queries per chunk: all ``queries`` when their logits (``batch * heads * queries
     * keys``) are at most ``max_logits``, else the largest power of two whose logits
-    fit ``logits_per_chunk`` (at least :data:`MIN_QUERY_CHUNK`). None: the module's
-    :data:`MAX_LOGITS`, :data:`LOGITS_PER_CHUNK`."""
-    max_logits = MAX_LOGITS if max_logits is None else max_logits
+    fit ``logits_per_chunk`` (at least :data:`MIN_QUERY_CHUNK`). None: the platform's
+    :func:`default_max_logits`, the module's :data:`LOGITS_PER_CHUNK`."""
+    max_logits = default_max_logits() if max_logits is None else max_logits
     logits_per_chunk = logits_per_chunk or LOGITS_PER_CHUNK
     if batch * heads * queries * keys <= max_logits:
         return queries
@@ -48,18 +62,23 @@ def query_chunk(batch: int, queries: int, heads: int, keys: int,
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, dtype) -> jax.Array:
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    # The softmax with its division after the product with the values.
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits - top)
+    total = jnp.sum(weights, axis=-1).transpose(0, 2, 1)[..., None]  # (B, N, H, 1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v,
+                     preferred_element_type=jnp.float32)
+    return (out / total).astype(dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, dtype=jnp.float32,
               max_logits: Optional[int] = None, logits_per_chunk: Optional[int] = None
               ) -> jax.Array:
     """``softmax(q k^T) v`` per head: queries ``(B, N, H, D)`` (already scaled), keys
-    ``(B, M, H, D)``, values ``(B, M, H, E)`` -> ``(B, N, H, E)``. Logits and softmax
-    in float32, the weights cast to ``dtype`` for the second product; the queries in
+    ``(B, M, H, D)``, values ``(B, M, H, E)`` -> ``(B, N, H, E)``. Logits, softmax and
+    the second product's sums in float32, the weights cast to ``dtype`` for it; the queries in
     chunks of :func:`query_chunk` (padded to a whole number of chunks) when the logits
-    exceed ``max_logits``."""
+    exceed ``max_logits`` (None: :func:`default_max_logits`)."""
     if not (q.ndim == k.ndim == v.ndim == 4 and q.shape[0] == k.shape[0] == v.shape[0]
             and k.shape[1] == v.shape[1] and q.shape[2] == k.shape[2] == v.shape[2]
             and q.shape[3] == k.shape[3]):

@@ -17,7 +17,7 @@ def _qkv(b=2, n=300, m=40, h=2, d=8, e=6, seed=0):
             for shape in ((b, n, h, d), (b, m, h, d), (b, m, h, e)))
 
 
-def _one_piece(q, k, v):
+def _one_piece(q, k, v):  # the textbook softmax, division first
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
     return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
 
@@ -52,10 +52,21 @@ def test_chunk_sizes():
     assert query_chunk(1, 102400, 1, 6400, max_logits=0, logits_per_chunk=2 ** 20) == 128
     assert query_chunk(1, 10 ** 6, 4, 10 ** 6, max_logits=0, logits_per_chunk=10) == 16
     assert query_chunk(1, 8, 1, 10 ** 6, max_logits=0, logits_per_chunk=10) == 8
-    # The module's defaults: the dehazer's 640x640 blocks (2.6 GB of logits) in one
-    # piece, a 1024x1024 image's (17 GB) in chunks.
+    # The accelerators' budget: the dehazer's 640x640 blocks (2.6 GB of logits) in one
+    # piece, a 1024x1024 image's (17 GB) in chunks of 2**22 logits.
+    big = attention_lib.MAX_LOGITS
+    assert query_chunk(1, 320 * 320, 1, 80 * 80, max_logits=big) == 320 * 320
+    assert query_chunk(1, 512 * 512, 1, 128 * 128, max_logits=big) == 256
+    # The CPU's (this test's platform): anything above one chunk goes in chunks.
+    assert attention_lib.default_max_logits() == attention_lib.LOGITS_PER_CHUNK == 2 ** 22
+    assert query_chunk(1, 320 * 320, 1, 80 * 80) == 512
+    assert query_chunk(1, 64 * 64, 1, 16 * 16) == 64 * 64  # 2**20 logits: one piece
+
+
+def test_accelerators_keep_one_piece(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attention_lib.default_max_logits() == attention_lib.MAX_LOGITS
     assert query_chunk(1, 320 * 320, 1, 80 * 80) == 320 * 320
-    assert query_chunk(1, 512 * 512, 1, 128 * 128) < 512 * 512
 
 
 def test_shapes_that_do_not_fit_are_refused():
@@ -71,6 +82,13 @@ def test_the_dehazer_in_chunks_is_the_dehazer(monkeypatch):
     x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
     variables = net.init(jax.random.key(1), x, x)
     whole = net.apply(variables, x, x)
-    monkeypatch.setattr(attention_lib, "MAX_LOGITS", 0)
-    monkeypatch.setattr(attention_lib, "LOGITS_PER_CHUNK", 4 * 16)
+    monkeypatch.setattr(attention_lib, "LOGITS_PER_CHUNK", 4 * 16)  # budget and chunk
     np.testing.assert_allclose(net.apply(variables, x, x), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_weights_keep_float32_sums():
+    q, k, v = _qkv()
+    low = attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16),
+                    jnp.bfloat16)
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(low.astype(jnp.float32), _one_piece(q, k, v), atol=0.05)
