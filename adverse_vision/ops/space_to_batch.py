@@ -3,7 +3,7 @@
 A stride-1 convolution of dilation ``r`` reads, for the output pixel ``(h, w)``, only
 input pixels of the same phase ``(h mod r, w mod r)``. Split an (N, H, W, C) image into
 its ``r * r`` phase images (``x[:, p::r, q::r]``, stacked along the batch), and the
-dilated convolution with padding ``r * k`` becomes an undilated one with padding ``k``
+dilated convolution with padding ``r * m`` becomes an undilated one with padding ``m``
 on each phase image; so does any stack of such convolutions with pointwise operations,
 concatenations and residual sums between them (BDLF's dense blocks), as long as every
 phase image has the same size, i.e. ``r`` divides H and W (:func:`divides`). The sums
