@@ -1,5 +1,6 @@
-"""Timing compiled programs: ahead-of-time compilation, seconds per call, XLA's FLOPs
-and device memory, and the dense peak FLOP/s of known devices.
+"""Timing compiled programs: ahead-of-time compilation, seconds per call, FLOPs (XLA's
+count, every loop iteration and every device included) and device memory, and the
+dense peak FLOP/s of known devices.
 
 Every program is compiled once, ahead of time, and that executable is timed on
 arguments already on the devices, so the timings leave compilation and transfers out.
@@ -16,6 +17,7 @@ import time
 from typing import Any, Callable, Optional
 
 import jax
+from jax.extend import core as jax_core
 
 # Dense peak FLOP/s per device, by (device_kind substring, dtype). Sources: vendor sheets.
 PEAK_FLOPS = {
@@ -103,11 +105,48 @@ def collectives_in(hlo_text: str) -> list[Collective]:
             for m in _COLLECTIVE.finditer(hlo_text)]
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
+def _cost_flops(program) -> float:
+    """XLA's ``flops`` of a lowered or compiled program (0 when it has none)."""
+    cost = program.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
+
+
+def _body_flops(closed: "jax_core.ClosedJaxpr") -> float:
+    """XLA's count for one run of a loop body (its jaxpr lowered on its own)."""
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    return _cost_flops(jax.jit(jax_core.jaxpr_as_fun(closed)).lower(*avals))
+
+
+def _loop_flops(jaxpr: "jax_core.Jaxpr", runs: int = 1) -> float:
+    """The FLOPs XLA's count leaves out of ``jaxpr``'s scans (``lax.map``, ``lax.scan``,
+    ``fori_loop`` with static bounds): it counts a loop's body once, whatever its trip
+    count, so each scan of ``length`` n adds n - 1 runs of its body, times the runs of
+    the loops around it. ``while_loop``s, whose trip count is not known before they
+    run, stay counted once."""
+    extra = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            body, length = eqn.params["jaxpr"], int(eqn.params["length"])
+            if length > 1:
+                extra += runs * (length - 1) * _body_flops(body)
+            extra += _loop_flops(body.jaxpr, runs * length)
+        else:
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                extra += _loop_flops(sub, runs)
+    return extra
+
+
+def flops(traced, lowered=None) -> float:
+    """The FLOPs of one call of a traced program (``jax.jit(f).trace(*args)``; its
+    ``lowered`` form when already at hand), over all its devices: XLA's count of the
+    lowered program, before partitioning (a compiled program's count is one device's
+    share) and before optimisation (a loop XLA unrolls is not counted twice), with
+    every scan counted its whole trip count (:func:`_loop_flops`; without that the
+    attention in chunks read about half its FLOPs)."""
+    lowered = traced.lower() if lowered is None else lowered
+    return _cost_flops(lowered) + _loop_flops(traced.jaxpr.jaxpr)
 
 
 def _memory_bytes(compiled) -> int:
@@ -121,11 +160,15 @@ def _memory_bytes(compiled) -> int:
                + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def _compile(fn, *args, **kwargs) -> tuple[Any, float]:
-    """(the executable of ``fn.lower(*args, **kwargs)``, compile seconds)."""
+def _compile(fn, *args, **kwargs) -> tuple[Any, float, float]:
+    """(the executable of ``fn.trace(*args, **kwargs)``, compile seconds (tracing
+    included), its FLOPs by :func:`flops`)."""
     t0 = time.perf_counter()
-    compiled = fn.lower(*args, **kwargs).compile()
-    return compiled, time.perf_counter() - t0
+    traced = fn.trace(*args, **kwargs)
+    lowered = traced.lower()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    return compiled, compile_s, flops(traced, lowered)
 
 
 def seconds_per_call(fn: Callable, args: tuple, steps: int) -> float:
@@ -141,8 +184,8 @@ def seconds_per_call(fn: Callable, args: tuple, steps: int) -> float:
 
 def measure(fn, args: tuple, steps: int) -> Measured:
     """Compiles the jitted ``fn`` for ``args`` and times ``steps`` calls of it."""
-    compiled, compile_s = _compile(fn, *args)
-    return Measured(seconds_per_call(compiled, args, steps), compile_s, _flops(compiled),
+    compiled, compile_s, count = _compile(fn, *args)
+    return Measured(seconds_per_call(compiled, args, steps), compile_s, count,
                     _memory_bytes(compiled), sum(c.bytes for c in collectives(compiled)))
 
 
@@ -152,14 +195,14 @@ def measure_train_step(train_step, state, batch, steps: int,
     iteration ``step``; the state's step when None) and times ``steps`` calls, each on
     the state the last one returned: the input state is donated, so ``state`` is
     consumed."""
-    compiled, compile_s = _compile(train_step, state, batch, step=step)
+    compiled, compile_s, count = _compile(train_step, state, batch, step=step)
     holder = {"state": state}
 
     def one(b):
         holder["state"], metrics = compiled(holder["state"], b)
         return metrics
 
-    return Measured(seconds_per_call(one, (batch,), steps), compile_s, _flops(compiled),
+    return Measured(seconds_per_call(one, (batch,), steps), compile_s, count,
                     _memory_bytes(compiled), sum(c.bytes for c in collectives(compiled)))
 
 

@@ -293,6 +293,9 @@ class _TrainStep:
     def lower(self, state: TrainState, batch: dict[str, jax.Array], step: Optional[int] = None):
         return self.jitted.lower(state, batch, self._variant(state, step))
 
+    def trace(self, state: TrainState, batch: dict[str, jax.Array], step: Optional[int] = None):
+        return self.jitted.trace(state, batch, self._variant(state, step))
+
 
 class _Window:
     """The metrics of the steps since the last check. They stay on the devices until a
