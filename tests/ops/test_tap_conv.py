@@ -1,4 +1,7 @@
-"""tap_conv: lax.conv_general_dilated with the kernel gradient per kernel row on CPU."""
+"""tap_conv: lax.conv_general_dilated with, on CPU, depthwise convolutions as taps and the
+kernel gradient per kernel row."""
+
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -124,3 +127,61 @@ def test_conv_layer_keeps_flax_parameters_and_values():
     g_plain = jax.grad(lambda v: jnp.sum(plain.apply(v, x) ** 2))(v)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
         a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max())), g_ours, g_plain)
+
+
+# --------------------------------------------------------------------------- depthwise
+
+@pytest.mark.parametrize("k, strides, padding, dilation", [
+    (3, (1, 1), ((1, 1), (1, 1)), (1, 1)),    # the dehazer's MixFFN
+    (3, (2, 2), "SAME", (1, 1)),              # YOLOX-nano's stride-2 depthwise
+    (5, (1, 2), ((2, 1), (0, 3)), (1, 1)),    # uneven strides and padding
+    (3, (1, 1), "VALID", (2, 3)),             # dilated
+    (4, (3, 3), ((0, 0), (0, 0)), (1, 1)),     # a stride longer than the taps reach
+])
+def test_depthwise_values_and_gradients_equal_lax(k, strides, padding, dilation):
+    kx, kw = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (3, 17, 19, 12))
+    w = jax.random.normal(kw, (k, k, 1, 12)) / k
+    args = dict(window_strides=strides, padding=padding, rhs_dilation=dilation,
+                feature_group_count=12)
+    (want, (dx, dw)) = _grads(lax.conv_general_dilated, x, w, **args)
+    (got, (gx, gw)) = _grads(tap_conv.conv_general_dilated, x, w, **args)
+    np.testing.assert_allclose(got, want, rtol=1e-4)  # a sum over all outputs
+    np.testing.assert_allclose(gx, dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw, dw, rtol=1e-4, atol=1e-5 * float(np.abs(dw).max()))
+    # forward mode passes through too (no custom rule)
+    _, tangent = jax.jvp(lambda x: tap_conv.conv_general_dilated(x, w, dimension_numbers=NHWC,
+                                                                  **args), (x,), (x,))
+    np.testing.assert_allclose(tangent, lax.conv_general_dilated(
+        x, w, dimension_numbers=NHWC, **args), rtol=1e-5, atol=1e-5)
+
+
+def _ops(fn, *args) -> set[str]:
+    return {str(e.primitive) for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+def test_depthwise_runs_as_taps_on_cpu_and_grouped_convs_stay_lax():
+    x = jnp.ones((2, 9, 9, 8))
+
+    def conv(w, groups):
+        return lambda x: tap_conv.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=groups)
+
+    assert "conv_general_dilated" not in _ops(conv(jnp.ones((3, 3, 1, 8)), 8), x)
+    # two input channels per group, or two outputs per channel: XLA's convolution
+    assert "conv_general_dilated" in _ops(conv(jnp.ones((3, 3, 2, 4)), 4), x)
+    assert "conv_general_dilated" in _ops(conv(jnp.ones((3, 3, 1, 16)), 8), x)
+    with mock.patch.object(jax, "default_backend", return_value="gpu"):
+        assert "conv_general_dilated" in _ops(conv(jnp.ones((3, 3, 1, 8)), 8), x)
+
+
+def test_depthwise_in_bfloat16_sums_in_float32():
+    kx, kw = jax.random.split(jax.random.key(8))
+    x = jax.random.normal(kx, (2, 16, 16, 8)).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, (7, 7, 1, 8)).astype(jnp.bfloat16)
+    got = tap_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                        feature_group_count=8)
+    want = lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1),
+                                     "SAME", dimension_numbers=NHWC, feature_group_count=8)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=1e-2, atol=1e-2)
