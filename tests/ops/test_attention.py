@@ -92,3 +92,37 @@ def test_bfloat16_weights_keep_float32_sums():
                     jnp.bfloat16)
     assert low.dtype == jnp.bfloat16
     np.testing.assert_allclose(low.astype(jnp.float32), _one_piece(q, k, v), atol=0.05)
+
+
+def test_the_chunks_gradient_keeps_no_weights_of_the_whole():
+    q, k, v = _qkv(b=1, n=4096, m=1024, h=1, d=16, e=16)
+
+    def temp_bytes(**kw):
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, **kw) ** 2),
+                                argnums=(0, 1, 2)))
+        return grad.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
+    logits_bytes = 4096 * 1024 * 4
+    assert temp_bytes(max_logits=2 ** 30) >= logits_bytes  # one piece holds them all
+    assert temp_bytes(max_logits=0, logits_per_chunk=2 ** 16) < logits_bytes / 4
+
+
+def test_gradients_in_bfloat16_through_the_chunks():
+    q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(n=100))
+
+    def grads(**kw):
+        return jax.grad(lambda a: jnp.sum(jnp.sin(attention(*a, jnp.bfloat16, **kw).astype(
+            jnp.float32))))((q, k, v))
+
+    for a, b in zip(grads(), grads(max_logits=0, logits_per_chunk=2 * 2 * 32 * 40)):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        # bfloat16 keeps 8 bits: about 2 % of the largest entry
+        np.testing.assert_allclose(a, b, rtol=0.02, atol=0.02 * float(jnp.abs(b).max()))
+
+
+def test_forward_mode_needs_one_piece():
+    q, k, v = _qkv(n=100)
+    jax.jvp(lambda q: attention(q, k, v), (q,), (q,))  # one piece: any transform
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda q: attention(q, k, v, max_logits=0, logits_per_chunk=1024), (q,), (q,))
