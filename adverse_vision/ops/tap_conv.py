@@ -5,15 +5,16 @@ taps, and a 1x1 kernel's gradient as one matrix product.
 equal to the input channels, HWIO kernel ``(kh, kw, 1, C)``) are, on CPU, the sum over
 the ``kh * kw`` taps of the strided, shifted input times that tap's per-channel weights:
 elementwise work that XLA fuses into one pass, where XLA:CPU's grouped convolution is
-slow. The MixFFN depthwise 3x3 of the depth-guided dehazer (128 channels
-at 320x320, batch 1) took 0.43 s forward and 1.21 s with both gradients through XLA,
+slow. The MixFFN depthwise 3x3 of the depth-guided dehazer (128 channels at 320x320,
+batch 1) took 0.43 s forward and 1.21 s with both gradients through XLA,
 0.011 s and 0.32 s as taps; 128 channels at 128x128, batch 8: 0.64 / 1.50 s against
 0.031 / 0.44 s; a stride-2 3x3 over 64 channels at 80x80, batch 8 (YOLOX-nano): 0.028 /
 0.164 s against 0.002 / 0.038 s (2-core x86 CPU). Plain ``jax.numpy`` operations, so
 every transform passes through; lower-precision inputs are summed in float32. Results
 equal XLA's up to float32 summation order. Its backward pass needs more memory than
-XLA's (the dehazing train step at 256x256, batch 8: 8.68 GiB against 7.27 GiB). It runs on CPU whatever the context;
-elsewhere XLA's convolution.
+XLA's (the dehazing train step at 256x256, batch 8: 8.68 GiB against 7.27 GiB with
+XLA's grouped convolution). It runs on CPU whatever the context; elsewhere XLA's
+convolution.
 
 **The kernel gradient of a 1x1 convolution.**
 
