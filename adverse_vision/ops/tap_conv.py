@@ -162,14 +162,10 @@ def depthwise_taps(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     return out.astype(x.dtype)
 
 
-def _is_depthwise(lhs, rhs, dimension_numbers, feature_group_count, batch_group_count,
-                  lhs_dilation, preferred_element_type) -> bool:
-    """An NHWC / HWIO convolution with one input channel per output channel."""
-    return (lhs.ndim == 4 and feature_group_count > 1 and batch_group_count == 1
-            and preferred_element_type is None
-            and all(d == 1 for d in (lhs_dilation or (1, 1)))
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
-            and lhs.shape[3] == feature_group_count == rhs.shape[3] and rhs.shape[2] == 1)
+def _is_depthwise(lhs, rhs, feature_group_count) -> bool:
+    """One input channel per output channel (of an NHWC / HWIO convolution)."""
+    return (feature_group_count > 1 and lhs.shape[3] == feature_group_count == rhs.shape[3]
+            and rhs.shape[2] == 1)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -187,21 +183,19 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type)
-    if jax.default_backend() == "cpu" and _is_depthwise(
-            lhs, rhs, dimension_numbers, feature_group_count, batch_group_count, lhs_dilation,
-            preferred_element_type):
-        strides = tuple(int(s) for s in window_strides)
-        dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
-        return depthwise_taps(lhs, rhs, strides,
-                              _pairs(padding, lhs.shape, rhs.shape, strides, dilation), dilation)
-    if (not _BY_ROWS.get() or jax.default_backend() != "cpu" or lhs.ndim != 4 or feature_group_count != 1
-            or batch_group_count != 1 or preferred_element_type is not None
+    # The CPU forms: NHWC inputs, HWIO kernels, no input dilation or batch groups.
+    if (jax.default_backend() != "cpu" or lhs.ndim != 4 or batch_group_count != 1
+            or preferred_element_type is not None
             or any(d != 1 for d in (lhs_dilation or (1, 1)))
             or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC):
         return plain()
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
     pads = _pairs(padding, lhs.shape, rhs.shape, strides, dilation)
+    if _is_depthwise(lhs, rhs, feature_group_count):
+        return depthwise_taps(lhs, rhs, strides, pads, dilation)
+    if not _BY_ROWS.get() or feature_group_count != 1:
+        return plain()
     out_hw = [(n + lo + hi - (k - 1) * d - 1) // s + 1 for n, (lo, hi), k, d, s
               in zip(lhs.shape[1:3], pads, rhs.shape[:2], dilation, strides)]
     if not _rows_win(rhs.shape, strides, lhs.shape[0] * out_hw[0] * out_hw[1]):
