@@ -22,6 +22,10 @@ call, so that the thread pools of the side that ran last are idle when the next 
 and the ratio official / ours of the medians with the range of the per-round ratios
 (above 1: ours is faster). Absolute times are for the record; the ratio is the result.
 
+Both sides compute in the config's ``model.dtype``: for ``bfloat16`` (the ``bf16``
+token) every official call runs under ``torch.autocast`` on the CPU in bfloat16, as our
+side computes in bfloat16 with float32 parameters (:func:`official_precision`).
+
 Without PyTorch or without the checkout, one line says what is missing. Our side runs
 exactly as ``bench`` times it: the jitted train step (its state carried from call to
 call) and the method's prediction (``predict_fn(restore=True)``), each waited for.
@@ -62,6 +66,26 @@ def import_torch():
             "torch torchvision (CPU wheels: --index-url https://download.pytorch.org/whl/cpu)"
         ) from None
     return torch
+
+
+def official_precision(fns: Mapping[str, Callable[[], Any]], dtype: str
+                       ) -> tuple[dict[str, Callable[[], Any]], str]:
+    """The official side's tasks computing in our ``model.dtype``, and its name: float32
+    as they are; bfloat16 with each call under ``torch.autocast("cpu", torch.bfloat16)``
+    (PyTorch's mixed precision: products and convolutions in bfloat16, parameters and
+    reductions in float32)."""
+    if dtype == "float32":
+        return dict(fns), "float32"
+    if dtype != "bfloat16":
+        raise ValueError(f"versus: no official counterpart of model.dtype={dtype!r}")
+    torch = import_torch()
+
+    def autocast(fn):
+        def call():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn()
+        return call
+    return {name: autocast(fn) for name, fn in fns.items()}, "torch.autocast(bfloat16)"
 
 
 def torch_images(torch, images: np.ndarray, mean: Any = 0.0, std: Any = 1.0):
@@ -246,6 +270,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
     trainers, batches = sides(cfg, infer_batch, infer_size)
     method = trainers["train"].method
     official_fns, official_info = method.official_contenders(checkout, batches)
+    official_fns, precision = official_precision(official_fns, str(cfg.model.dtype))
     ours_fns = dict(method.own_contenders(trainers, batches))
     ours_fns.update(_ours(trainers, batches, [t for t in official_fns if t not in ours_fns]))
     tasks = {name: (official_fns[name], ours_fns[name]) for name in official_fns}
@@ -253,7 +278,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
     info = {"method": cfg.method, "model": dict(cfg.model), "batch_size": cfg.batch_size,
             "image_size": cfg.image_size, "infer_batch": infer_batch or cfg.batch_size,
             "infer_size": infer_size or cfg.image_size, "rounds": rounds, "warmup": warmup,
-            "settle_s": settle_s,
+            "settle_s": settle_s, "official_precision": precision,
             "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "host": timing.host(), "date": time.strftime("%Y-%m-%d"),
             **{k: v for k, v in official_info.items() if k != NETWORKS}}

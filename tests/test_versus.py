@@ -96,7 +96,47 @@ def test_compare_times_a_stand_in_official_against_our_detector(tmp_path, monkey
     for r in results:
         assert len(r.official) == len(r.ours) == 2 and min(r.official + r.ours) > 0
     assert info["official_label"] == "stand-in" and info["infer_size"] == 64
+    assert info["official_precision"] == "float32"
     assert info["host"].endswith(" cores") and len(info["date"]) == 10
+
+
+class _Autocast:
+    """torch's ``autocast`` and ``bfloat16`` as far as ``official_precision`` uses them:
+    records the arguments and whether a call is inside (PyTorch is not a test need)."""
+    bfloat16 = "torch.bfloat16"
+
+    def __init__(self):
+        self.entered, self.inside = [], False
+
+    def autocast(self, device, dtype):
+        self.entered.append((device, dtype))
+        return self
+
+    def __enter__(self):
+        self.inside = True
+
+    def __exit__(self, *exc):
+        self.inside = False
+
+
+def test_the_official_side_computes_in_our_dtype(monkeypatch):
+    torch = _Autocast()
+    seen = []
+    fns = {"train step": lambda: seen.append(("train", torch.inside)) or 1.0,
+           "inference": lambda: seen.append(("infer", torch.inside)) or 2.0}
+    same, name = versus.official_precision(fns, "float32")
+    assert name == "float32" and same == fns
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where PyTorch is not installed
+    with pytest.raises(OfficialUnavailable, match="PyTorch is not installed"):
+        versus.official_precision(fns, "bfloat16")
+    monkeypatch.setattr(versus, "import_torch", lambda: torch)
+    wrapped, name = versus.official_precision(fns, "bfloat16")
+    assert name == "torch.autocast(bfloat16)" and not torch.entered
+    assert wrapped["inference"]() == 2.0 and wrapped["train step"]() == 1.0
+    assert seen == [("infer", True), ("train", True)] and not torch.inside
+    assert torch.entered == [("cpu", "torch.bfloat16")] * 2
+    with pytest.raises(ValueError, match="model.dtype='float16'"):
+        versus.official_precision(fns, "float16")
 
 
 def test_what_is_missing_is_one_line(tmp_path):
