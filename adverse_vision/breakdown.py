@@ -421,15 +421,14 @@ def official(trainers: Mapping[str, Any], batches: Mapping[str, Any], checkout: 
              calls: int = 3, depth: int = 1, tasks: Optional[Sequence[str]] = None
              ) -> tuple[list[Breakdown], dict[str, Any]]:
     """The same split of the official implementation's tasks, as ``versus`` builds them
-    (``Method.official_contenders``, in our ``model.dtype``: ``versus.official_precision``)
-    on the same inputs (:mod:`breakdown_torch`).
+    (``versus.official_side``: in our ``model.dtype``) on the same inputs
+    (:mod:`breakdown_torch`).
 
     Raises:
       OfficialUnavailable: PyTorch or the checkout is missing, or no official side."""
     from adverse_vision import breakdown_torch  # pylint: disable=import-outside-toplevel
-    cfg = trainers["train"].cfg
-    fns, info = trainers["train"].method.official_contenders(checkout, batches)
-    fns, info["official_precision"] = versus.official_precision(fns, str(cfg.model.dtype))
+    train = trainers["train"]
+    fns, info = versus.official_side(train.method, checkout, batches, str(train.cfg.model.dtype))
     results = []
     for task, fn in fns.items():
         if tasks is None or task in tasks:

@@ -88,6 +88,16 @@ def official_precision(fns: Mapping[str, Callable[[], Any]], dtype: str
     return {name: autocast(fn) for name, fn in fns.items()}, "torch.autocast(bfloat16)"
 
 
+def official_side(method, checkout: str, batches: Mapping[str, Any], dtype: str
+                  ) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """The method's official tasks (``Method.official_contenders``) computing in our
+    ``model.dtype`` (:func:`official_precision`), and their info naming that precision
+    (``official_precision``): what ``compare`` and ``breakdown --official`` time."""
+    fns, info = method.official_contenders(checkout, batches)
+    fns, info["official_precision"] = official_precision(fns, dtype)
+    return fns, info
+
+
 def torch_images(torch, images: np.ndarray, mean: Any = 0.0, std: Any = 1.0):
     """A batch of NHWC 0-255 images as the float NCHW tensor official networks take:
     ``(images / 255 - mean) / std``."""
@@ -269,8 +279,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
     """
     trainers, batches = sides(cfg, infer_batch, infer_size)
     method = trainers["train"].method
-    official_fns, official_info = method.official_contenders(checkout, batches)
-    official_fns, precision = official_precision(official_fns, str(cfg.model.dtype))
+    official_fns, official_info = official_side(method, checkout, batches, str(cfg.model.dtype))
     ours_fns = dict(method.own_contenders(trainers, batches))
     ours_fns.update(_ours(trainers, batches, [t for t in official_fns if t not in ours_fns]))
     tasks = {name: (official_fns[name], ours_fns[name]) for name in official_fns}
@@ -278,7 +287,7 @@ def compare(cfg, checkout: str, rounds: int = 7, warmup: int = 2, infer_batch: i
     info = {"method": cfg.method, "model": dict(cfg.model), "batch_size": cfg.batch_size,
             "image_size": cfg.image_size, "infer_batch": infer_batch or cfg.batch_size,
             "infer_size": infer_size or cfg.image_size, "rounds": rounds, "warmup": warmup,
-            "settle_s": settle_s, "official_precision": precision,
+            "settle_s": settle_s,
             "jax_devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "host": timing.host(), "date": time.strftime("%Y-%m-%d"),
             **{k: v for k, v in official_info.items() if k != NETWORKS}}
