@@ -23,6 +23,7 @@ for every method:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -424,6 +425,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         train_iter.close()
         raise
     start = int(jax.device_get(state.step))
+    if start >= cfg.total_steps:
+        try:
+            return _finished_run(trainer, state, data, workdir, ckpt, start)
+        finally:
+            ckpt.close()
+            train_iter.close()
 
     writer = MetricWriter(workdir)
     bar = Progress(total=cfg.total_steps, initial=start, enabled=progress,
@@ -493,6 +500,34 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         })
         if jax.process_index() == 0:
             workdir_lib.write_json(storage.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def _finished_run(trainer: Trainer, state: TrainState, data, workdir: str, ckpt,
+                  step: int) -> dict[str, Any]:
+    """The summary of a run started again after its last step: the one it wrote, left as
+    it is; or, where it stopped before writing one (killed after its last checkpoint, or
+    preempted on its last step), a new one from its evaluations run now. Starting a
+    finished run again never loses its results."""
+    path = storage.join(workdir, "summary.json")
+    if storage.exists(path):
+        written = json.loads(storage.read_text(path))
+        if (written.get("final_step") == step and not written.get("preempted")
+                and written.get("evals")):
+            log.info("%s had finished at step %d; its summary.json stands", workdir, step)
+            return {**written, "start_step": step, "seconds": 0.0, "steps_per_second": 0.0}
+    t_start = time.time()
+    evals = {name: trainer.method.train_evaluation(trainer, state.eval_variables(), data, name)
+             for name in trainer.cfg.evals}
+    log.info("%s had reached step %d without a summary: evaluated it again", workdir, step)
+    summary = {
+        "start_step": step, "preempted": False, "final_step": step,
+        "seconds": time.time() - t_start, "steps_per_second": 0.0, "invalid_samples": 0,
+        "data_problems": data.problems_summary(), "val": evals.get(trainer.cfg.best_eval, {}),
+        "evals": evals, "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
+    }
+    if jax.process_index() == 0:
+        workdir_lib.write_json(path, summary)
     return summary
 
 

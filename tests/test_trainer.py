@@ -76,6 +76,32 @@ def test_sigterm_saves_and_rerun_resumes_exactly(tmp_path, monkeypatch):
     assert any(name.startswith("events") for name in os.listdir(interrupted / "tensorboard"))
 
 
+def test_a_finished_run_started_again_keeps_its_results(tmp_path, caplog):
+    """Started again after its last step, a run leaves its summary.json as it is; where
+    it was killed before writing one, it evaluates its last state again."""
+    workdir = tmp_path / "w"
+    first = trainer_lib.train_and_evaluate(_cfg(), str(workdir), progress=False)
+    assert first["final_step"] == 6 and first["evals"]["val"]
+    written = (workdir / "summary.json").read_text()
+    with caplog.at_level("INFO", logger="adverse_vision"):
+        again = trainer_lib.train_and_evaluate(_cfg(), str(workdir), progress=False)
+    assert "had finished at step 6; its summary.json stands" in caplog.text
+    assert (workdir / "summary.json").read_text() == written
+    assert again["start_step"] == again["final_step"] == 6 and again["evals"] == first["evals"]
+    os.remove(workdir / "summary.json")  # killed between the last checkpoint and the summary
+    again = trainer_lib.train_and_evaluate(_cfg(), str(workdir), progress=False)
+    assert not again["preempted"] and again["best_step"] == first["best_step"]
+    assert set(again["evals"]) == set(first["evals"])
+    for name, metrics in first["evals"].items():
+        for key, value in metrics.items():
+            assert again["evals"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+    rewritten = json.loads((workdir / "summary.json").read_text())
+    assert rewritten["final_step"] == 6 and not rewritten["preempted"]
+    assert rewritten["evals"].keys() == first["evals"].keys()
+    steps = [r["step"] for r in logs.read_metrics(str(workdir)) if "train/loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing trained or logged twice
+
+
 def test_non_finite_loss_stops_naming_the_step(tmp_path, monkeypatch):
     original = detection.DetectionMethod.loss_fn
 
