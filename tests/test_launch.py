@@ -2,6 +2,7 @@
 (run with fake python, pip, git and gcloud on PATH) and the notebook's failure handling."""
 
 import ast
+import fnmatch
 import json
 import os
 import re
@@ -313,3 +314,55 @@ def test_the_notebook_runs_every_method(tmp_path, monkeypatch):
                                and "image/png" in o.data]
     assert {name: len(images) for name, images in shown.items()} == {
         name: samples for name in NOTEBOOK_METHODS}
+
+
+# ------------------------------------------------------------------- bdlf_lwir.sh
+
+def test_bdlf_lwir_runs_readme_comparison_as_valid_runs(tmp_path, monkeypatch):
+    """Its dry run: the pretraining, then per seed the five runs in order, each a command
+    line whose config loads, takes its overrides and validates; each run starts from
+    runs made before it; the tables read the runs it makes."""
+    import shlex  # pylint: disable=import-outside-toplevel
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+    from adverse_vision import cli, methods  # pylint: disable=import-outside-toplevel
+    runs = tmp_path / "runs"
+    proc = subprocess.run(["bash", os.path.join(LAUNCH, "bdlf_lwir.sh"), "--dry-run",
+                           "--config.data.num_workers=0"],
+                          env=dict(os.environ, RUNS=str(runs), SEEDS="0 1"),
+                          capture_output=True, text=True, timeout=60, check=True)
+    lines = [shlex.split(line) for line in proc.stdout.splitlines()]
+    trains = [a for a in lines if a[:3] == ["python", "-m", "adverse_vision.train"]]
+    tables = [a for a in lines if a[:3] == ["python", "-m", "adverse_vision.tabulate"]]
+    assert len(trains) == 1 + 2 * 5 and len(tables) == 2 and len(lines) == 13
+    made = []
+    monkeypatch.chdir(REPO)
+    for args in trains:
+        workdir = args[args.index("--workdir") + 1]
+        argv = ["train"] + [a for i, a in enumerate(args) if a.startswith("--config")
+                            or args[i - 1] == "--config"]
+        cli.check_command_line(argv[1:])
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+        monkeypatch.setattr(sys, "argv", argv)
+        values(argv)
+        cfg = methods.validate(values.config)
+        assert cfg.data.num_workers == 0  # the extra argument reaches every run
+        if cfg.method == "bdlf":
+            assert cfg.bdlf.detector_from == made[0] == str(runs / "pre_clear")
+            assert cfg.data.thermal == "lwir" and cfg.total_steps == 1600
+            second = os.path.basename(workdir).startswith(("lwirp_bdlf", "lwirp_fusion2"))
+            start = str(runs / f"lwirp_fusion_{cfg.seed}")
+            assert cfg.bdlf.fusion_from == (start if second else ""), workdir
+            assert start in made or not second
+        made.append(workdir)
+    names = [os.path.basename(w) for w in made]
+    assert names == ["pre_clear"] + [f"lwirp_{arm}_{s}" for s in (0, 1) for arm in
+                                     ("visible", "infrared", "fusion", "bdlf", "fusion2")]
+    for args in tables:
+        arms = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--arm")
+        for name, pattern in arms.items():
+            folder, glob = os.path.split(pattern)
+            assert folder == str(runs)
+            matched = sorted(n for n in names if fnmatch.fnmatch(n, glob))
+            assert len(matched) == 2 and len({n.rsplit("_", 1)[0] for n in matched}) == 1, name
