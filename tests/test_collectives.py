@@ -14,18 +14,13 @@ from configs import togethernet_scenes
 from tests.helpers import _override, bdlf_smoke_config, dnhl_smoke_config, smoke_config
 
 
-NO_CODEGEN_OPTIMISATION = {"xla_backend_optimization_level": 0}
-
-
 def _step_collectives(cfg, step=0) -> list[timing.Collective]:
     trainer = Trainer(cfg)
     data = factory.DataBundle(cfg, per_host_batch=cfg.batch_size, method=trainer.method)
     with contextlib.closing(data.train_iterator()) as batches:
         batch = parallel.global_batch(next(batches), trainer.mesh)
     lowered = trainer.train_step.lower(trainer.abstract_state(), batch, step=step)
-    # Only the partitioned HLO is read, never run: LLVM's optimisations of the machine
-    # code, a third of the compile time, change nothing here.
-    return timing.collectives(lowered.compile(NO_CODEGEN_OPTIMISATION))
+    return timing.collectives(lowered.compile())
 
 
 CONFIGS = {
