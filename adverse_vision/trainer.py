@@ -491,16 +491,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str,
         feeder.close()  # stops its thread and the data iterator's worker processes
         writer.close()
         elapsed = time.time() - t_start
-        summary.update({
-            "final_step": step, "seconds": elapsed,
-            "steps_per_second": (step - start) / max(elapsed, 1e-9),
-            "invalid_samples": invalid_samples, "data_problems": data.problems_summary(),
-            "val": last_evals.get(cfg.best_eval, {}), "evals": last_evals,
-            "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
-        })
-        if jax.process_index() == 0:
-            workdir_lib.write_json(storage.join(workdir, "summary.json"), summary)
+        summary.update(_end_of_run(cfg, data, ckpt, step, elapsed, last_evals))
+        summary.update(steps_per_second=(step - start) / max(elapsed, 1e-9),
+                       invalid_samples=invalid_samples)
+        _write_summary(workdir, summary)
     return summary
+
+
+def _end_of_run(cfg, data, ckpt, step: int, seconds: float,
+                evals: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The part of a run's summary that its last state and checkpoints give."""
+    return {"final_step": step, "seconds": seconds, "data_problems": data.problems_summary(),
+            "val": evals.get(cfg.best_eval, {}), "evals": evals,
+            "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step()}
+
+
+def _write_summary(workdir: str, summary: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        workdir_lib.write_json(storage.join(workdir, "summary.json"), summary)
 
 
 def _finished_run(trainer: Trainer, state: TrainState, data, workdir: str, ckpt,
@@ -520,14 +528,10 @@ def _finished_run(trainer: Trainer, state: TrainState, data, workdir: str, ckpt,
     evals = {name: trainer.method.train_evaluation(trainer, state.eval_variables(), data, name)
              for name in trainer.cfg.evals}
     log.info("%s had reached step %d without a summary: evaluated it again", workdir, step)
-    summary = {
-        "start_step": step, "preempted": False, "final_step": step,
-        "seconds": time.time() - t_start, "steps_per_second": 0.0, "invalid_samples": 0,
-        "data_problems": data.problems_summary(), "val": evals.get(trainer.cfg.best_eval, {}),
-        "evals": evals, "best_step": ckpt.best_step(), "latest_step": ckpt.latest_step(),
-    }
-    if jax.process_index() == 0:
-        workdir_lib.write_json(path, summary)
+    summary = {"start_step": step, "preempted": False, "steps_per_second": 0.0,
+               "invalid_samples": 0,
+               **_end_of_run(trainer.cfg, data, ckpt, step, time.time() - t_start, evals)}
+    _write_summary(workdir, summary)
     return summary
 
 
