@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from adverse_vision.models.batch_norm import BatchNorm
 from adverse_vision.models.layers import Conv, remat
+from adverse_vision.ops import max_pool as pooling
 
 Dtype = Any
 
@@ -217,7 +218,7 @@ class DenseNetEncoder(nn.Module):
         x = _conv(spec.init_features, 7, "conv0", stride=2, **kw)(x.astype(self.dtype))
         stem = nn.relu(_bn(train, "norm0", **kw)(x))
         # PyTorch's max pool pads with -inf, as flax's does.
-        x = pooled = nn.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = pooled = pooling.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         channels = spec.channels()
         transitions = []
         for i, layers in enumerate(spec.blocks, start=1):

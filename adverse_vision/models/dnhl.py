@@ -87,6 +87,7 @@ from adverse_vision.models.layers import (
     torch_bias_init,
     torch_kernel_init,
 )
+from adverse_vision.ops import max_pool as pooling
 
 Dtype = Any
 
@@ -353,7 +354,7 @@ class VGG16Classifier(nn.Module):
             for i in range(1, n + 1):
                 x = nn.relu(_vgg_conv(_scaled(channels, self.width), f"conv{b}_{i}",
                                       self.dtype, self.param_dtype)(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = pooling.max_pool(x, (2, 2), strides=(2, 2))
         if self.head == "flatten":
             x = x.reshape(x.shape[0], -1)
         else:
@@ -391,7 +392,7 @@ class VGG16Features(nn.Module):
         outputs = []
         for b, (channels, n) in enumerate(VGG16_BLOCKS[:3], start=1):
             if b > 1:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = pooling.max_pool(x, (2, 2), strides=(2, 2))
             for i in range(1, n + 1):
                 x = nn.relu(_vgg_conv(_scaled(channels, self.width), f"conv{b}_{i}",
                                       self.dtype, self.param_dtype)(x))
@@ -472,7 +473,7 @@ class DeepLabLargeFOV(nn.Module):
             for i in range(1, n + 1):
                 x = nn.relu(self.convs[f"conv{b}_{i}"](x))
             stride = 2 if b <= 3 else 1
-            x = nn.max_pool(x, (3, 3), strides=(stride, stride), padding=pad)
+            x = pooling.max_pool(x, (3, 3), strides=(stride, stride), padding=pad)
         return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=pad, count_include_pad=True)
 
     def predict(self, features: jax.Array, train: bool = False) -> jax.Array:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adverse_vision.models.batch_norm import BatchNorm
+from adverse_vision.ops import max_pool as pooling
 from adverse_vision.ops import tap_conv
 from adverse_vision.ops.conv_transpose import conv_transpose
 from adverse_vision.ops.narrow_conv import narrow_conv, resized_narrow_conv
@@ -301,7 +302,7 @@ class SPPBottleneck(nn.Module):
             if k % 2 != 1:
                 raise ValueError(f"SPPBottleneck.kernel_sizes: pool sizes must be odd, got {k}")
             # Padding k // 2 with -inf and stride 1, as PyTorch MaxPool2d.
-            pooled.append(nn.max_pool(x, (k, k), strides=(1, 1), padding=torch_padding(k)))
+            pooled.append(pooling.max_pool(x, (k, k), (1, 1), torch_padding(k)))
         x = jnp.concatenate(pooled, axis=-1)
         return ConvBNAct(self.features, 1, 1, name="conv2", **kw)(x, train)
 
