@@ -4,7 +4,7 @@
 XLA:CPU runs the gradient of ``lax.reduce_window`` max (a select-and-scatter over each
 whole window) at a small fraction of its forward rate, and slower the larger the window:
 the SPP max pools of TogetherNet-s (5, 9 and 13 at stride 1 over a 10x10x256 map, batch
-4) took 8 ms forward and 58 ms with the gradient, about a twelfth of the whole train step
+4) took 8 ms forward and 60 ms with the gradient, some 7 % of the whole train step
 (AMD EPYC, 2 cores). On CPU this module pools one axis at a time, the width first, then
 the height (the maximum over a rectangle is the maximum over its rows of each row's
 maximum), each axis as:
