@@ -110,7 +110,9 @@ class Program:
                 continue
             name = head.group("name")
             meta = _OP_NAME.search(line)
-            if meta:
+            # An argument's name ("state.params[...]" on a copy of a parameter) is no
+            # name stack: such an instruction is named after its neighbours, below.
+            if meta and meta.group("op_name").startswith("jit("):
                 op_names.setdefault(name, meta.group("op_name"))
                 if computation is not None:
                     computation_names.setdefault(computation, meta.group("op_name"))
@@ -134,29 +136,38 @@ def _is_update(op_name: Any) -> bool:
     return isinstance(op_name, str) and op_name.split("/")[1:2] == [OPTIMIZER_SCOPE]
 
 
+def _is_aside(op_name: Any) -> bool:
+    """The optimiser's update, or an operation outside every module and scope (the
+    gradient norm, metrics)."""
+    return isinstance(op_name, str) and (_is_update(op_name) or stage_of(op_name)[0] == OTHER)
+
+
 def _inherit(op_names: dict[str, str], operands: Mapping[str, list[str]]) -> None:
     """Names the instructions XLA added without a name stack (layout copies and
-    transposes, wrapped pads) after the first of their users that has one and is not
-    the optimiser's update (a copy made for a convolution is that convolution's), else
-    after their first named operand, else after the update; repeated along chains of
-    them."""
+    transposes, wrapped pads, copies of parameters, a kernel gradient whose first user
+    is the gradient norm) after the first of their users that has one and is neither
+    the optimiser's update nor outside every module (a copy made for a convolution is
+    that convolution's), else after their first named operand, else after such a user;
+    repeated along chains of them."""
     users: dict[str, list[str]] = collections.defaultdict(list)
     for name, args in operands.items():
         for arg in args:
             users[arg].append(name)
-    changed = True
-    while changed:
-        changed = False
-        for name, args in operands.items():
-            if name in op_names:
-                continue
-            near_users = users.get(name, [])
-            update = [u for u in near_users if _is_update(op_names.get(u))]
-            for near in [u for u in near_users if u not in update] + args + update:
-                if near in op_names:
-                    op_names[name] = op_names[near]
-                    changed = True
-                    break
+    for take_aside in (False, True):  # such users only where nothing else names it
+        changed = True
+        while changed:
+            changed = False
+            for name, args in operands.items():
+                if name in op_names:
+                    continue
+                near_users = users.get(name, [])
+                aside = [u for u in near_users if _is_aside(op_names.get(u))]
+                near = [u for u in near_users if u not in aside] + args
+                for other in near + (aside if take_aside else []):
+                    if other in op_names:
+                        op_names[name] = op_names[other]
+                        changed = True
+                        break
 
 
 def stage_of(op_name: str, depth: int = 1, train: bool = True) -> tuple[str, str]:

@@ -91,6 +91,36 @@ def test_operations_without_a_name_stack_take_their_neighbours():
         breakdown.Program.from_hlo("hello")
 
 
+_GRADIENT_HLO = """HloModule jit__step, entry_computation_layout={()->f32[]}
+
+ENTRY %main (x: f32[4], w: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0), metadata={op_name="x"}
+  %w = f32[4]{0} parameter(1), metadata={op_name="state.params[\\'head\\'][\\'kernel\\']"}
+  %dy = f32[4]{0} negate(%x), metadata={op_name="jit(_step)/loss/transpose(jvp(Net))/head/neg"}
+  %copy.5 = f32[4]{0} copy(%w), metadata={op_name="state.params[\\'head\\'][\\'kernel\\']"}
+  %dx = f32[4]{0} multiply(%dy, %copy.5), metadata={op_name="jit(_step)/loss/transpose(jvp(Net))/head/mul"}
+  %t = f32[4]{0} transpose(%dy), dimensions={0}
+  %dw = f32[4]{0} convolution(%t, %x)
+  %norm = f32[] reduce(%dw, %zero), dimensions={0}, to_apply=%add, metadata={op_name="jit(_step)/reduce_sum"}
+  ROOT %upd = f32[4]{0} subtract(%dw, %dx), metadata={op_name="jit(_step)/optimizer/sub"}
+}
+"""
+
+
+def test_a_gradient_and_a_parameter_s_copy_are_their_module_s_not_the_norm_s():
+    """A kernel gradient XLA left without a name stack, whose users are the gradient
+    norm and the update, is named after its operands (the module's backward pass), not
+    filed under ``other``; a copy of a parameter (named by its argument path) after the
+    operation that reads it."""
+    program = breakdown.Program.from_hlo(_GRADIENT_HLO)
+    backward = "jit(_step)/loss/transpose(jvp(Net))/head"
+    assert program.op_names["t"] == program.op_names["dw"] == backward + "/neg"
+    assert program.op_names["copy.5"] == backward + "/mul"
+    seconds, _ = breakdown.attribute(program, [Span("dw", 0, 3e9), Span("copy.5", 3e9, 4e9),
+                                               Span("norm", 4e9, 5e9)])
+    assert seconds == {("head", "backward"): 4.0, ("other", "update"): 1.0}
+
+
 class _Net(nn.Module):
     @nn.compact
     def __call__(self, x):
