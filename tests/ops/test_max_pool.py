@@ -1,12 +1,12 @@
 """max_pool: flax's max pool, one axis at a time on CPU; the same values and the same
 gradient, ties included."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import re
-
 import pytest
 
 from adverse_vision.models import densenet, dnhl
