@@ -51,7 +51,8 @@ and 3/70; it is active only in training. Decoder: ``deconv1``, ``deconv2``, each
 4x4 stride-2 transposed conv (padding 1) -> reflection pad of 1 on the left and top
 only -> 2x2 average pool with stride 1 -> ReLU (from /4 to /1); then three 5x5 convs
 ``output_0`` (64), ``output_1`` (64), ``output_2`` (3) with no activation between
-them, and tanh.
+them, and tanh; the three are computed as one 13x13 convolution 64 -> 3 with exact
+borders where that is less arithmetic (:mod:`adverse_vision.ops.conv_chain`).
 
 **Sizes.** The official network runs only where its DenseNet's maps halve exactly,
 i.e. where ``ceil(H / 2)`` and ``ceil(W / 2)`` are multiples of 16 (sides of 32 k or
@@ -90,10 +91,11 @@ import jax
 import jax.numpy as jnp
 
 from adverse_vision.models.densenet import DenseNetEncoder, DenseNetLayout, resolve_layout
-from adverse_vision.models.layers import (Conv, TorchConvTranspose, remat, torch_bias_init,
-                                          torch_kernel_init)
+from adverse_vision.models.layers import (Conv, ConvParams, TorchConvTranspose, remat,
+                                          torch_bias_init, torch_kernel_init)
 from adverse_vision.models.togethernet import resize_bilinear_align_corners
 from adverse_vision.ops.attention import attention
+from adverse_vision.ops.conv_chain import conv_chain
 
 Dtype = Any
 
@@ -457,9 +459,13 @@ class TfuseNet(nn.Module):
         t = _layer_norm("norm2", _LN_BLOCK_EPS, **kw)(t)
         t = UpDeconv(c, name="deconv1", **kw)(t)
         t = UpDeconv(c, name="deconv2", **kw)(t)
-        t = _torch_conv(c, 5, c, "output_0", **kw)(t)
-        t = _torch_conv(c, 5, c, "output_1", **kw)(t)
-        t = _torch_conv(3, 5, c, "output_2", **kw)(t)
+        # The three output convolutions have nothing between them: one 13x13 convolution
+        # 64 -> 3 where that is less arithmetic (ops/conv_chain.py), borders exact.
+        kernels, biases = zip(*(ConvParams(f, 5, c, name=f"output_{i}",
+                                           param_dtype=self.param_dtype)()
+                                for i, f in enumerate((c, c, 3))))
+        with jax.named_scope("output"):
+            t = conv_chain(t, kernels, biases)
         return jnp.tanh(t[:, :h, :w].astype(jnp.float32))
 
 

@@ -339,6 +339,27 @@ class TorchConvTranspose(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+class ConvParams(nn.Module):
+    """The parameters of a biased convolution computed elsewhere (e.g. several at once
+    by :func:`adverse_vision.ops.conv_chain.conv_chain`): ``kernel`` ``(k, k, in,
+    out)`` and ``bias``, laid out, named and initialised as ``nn.Conv`` with
+    PyTorch's default initialisers. Called without input; returns ``(kernel, bias)``."""
+
+    features: int
+    kernel_size: int
+    in_features: int
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        k, cin = self.kernel_size, self.in_features
+        kernel = self.param("kernel", torch_kernel_init, (k, k, cin, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", torch_bias_init(cin * k * k), (self.features,),
+                          self.param_dtype)
+        return kernel, bias
+
+
 class NarrowConv(nn.Module):
     """Biased stride-1 convolution to few channels (an RGB output layer), zero padded
     by ``padding``, through :func:`adverse_vision.ops.narrow_conv.narrow_conv` (fast on

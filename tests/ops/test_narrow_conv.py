@@ -6,6 +6,7 @@ import pytest
 from jax import lax
 
 from adverse_vision.models.togethernet import _align_corners_matrix
+from adverse_vision.ops import narrow_conv as narrow_conv_module
 from adverse_vision.ops.narrow_conv import narrow_conv, resized_narrow_conv
 
 
@@ -19,12 +20,16 @@ def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
-@pytest.mark.parametrize("shape,kernel_shape", [
-    ((2, 13, 11, 5), (7, 7, 5, 3)),
-    ((1, 9, 12, 4), (3, 5, 4, 1)),
-    ((3, 4, 4, 2), (1, 1, 2, 3)),
+@pytest.mark.parametrize("shape,kernel_shape,band_elements", [
+    ((2, 13, 11, 5), (7, 7, 5, 3), None),
+    ((1, 9, 12, 4), (3, 5, 4, 1), None),
+    ((3, 4, 4, 2), (1, 1, 2, 3), None),
+    # bands of 8 output rows (4 (kh - 1)): 28 rows in 4 bands, the last one part padding
+    ((2, 30, 21, 5), (3, 3, 5, 2), 1),
 ])
-def test_values_and_gradients(shape, kernel_shape):
+def test_values_and_gradients(shape, kernel_shape, band_elements, monkeypatch):
+    if band_elements is not None:
+        monkeypatch.setattr(narrow_conv_module, "BAND_ELEMENTS", band_elements)
     kx, kk, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, shape)
     kernel = jax.random.normal(kk, kernel_shape)
