@@ -78,8 +78,11 @@ def _check(x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[Optional
         channels = k.shape[3]
 
 
-def _halves(kernels: Sequence[jax.Array]) -> list[int]:
-    return [k.shape[0] // 2 for k in kernels]
+def _widths(kernels: Sequence[jax.Array]) -> tuple[int, int]:
+    """(the border the strips recompute, ``sum_{i >= 2} p_i``; the padding of the
+    composed convolution, ``sum p_i``): their sum is a strip's width."""
+    halves = [k.shape[0] // 2 for k in kernels]
+    return sum(halves[1:]), sum(halves)
 
 
 def sequential(x: jax.Array, kernels: Sequence[jax.Array],
@@ -134,10 +137,6 @@ def compose_biases(kernels: Sequence[jax.Array], biases: Sequence[Optional[jax.A
     return total
 
 
-def _border(kernels: Sequence[jax.Array]) -> int:
-    return sum(_halves(kernels)[1:])
-
-
 def worth_composing(height: int, width: int, kernels: Sequence[jax.Array]) -> bool:
     """Whether :func:`conv_chain` composes ``kernels`` for a ``height`` x ``width`` map:
     more than one kernel, the composed one needing at most :data:`MAX_COMPOSED_SHARE`
@@ -148,9 +147,8 @@ def worth_composing(height: int, width: int, kernels: Sequence[jax.Array]) -> bo
     sequence = sum(k.shape[0] * k.shape[1] * k.shape[2] * k.shape[3] for k in kernels)
     size = sum(k.shape[0] - 1 for k in kernels) + 1
     composed = size * size * kernels[0].shape[2] * kernels[-1].shape[3]
-    strip = _border(kernels) + sum(_halves(kernels))
     return (composed <= MAX_COMPOSED_SHARE * sequence
-            and min(height, width) >= MIN_SIDE_IN_STRIPS * strip)
+            and min(height, width) >= MIN_SIDE_IN_STRIPS * sum(_widths(kernels)))
 
 
 def conv_chain(x: jax.Array, kernels: Sequence[jax.Array],
@@ -166,8 +164,7 @@ def conv_chain(x: jax.Array, kernels: Sequence[jax.Array],
         compose = worth_composing(h, w, kernels)
     if not compose or len(kernels) < 2:
         return sequential(x, kernels, biases)
-    border = _border(kernels)
-    reach = sum(_halves(kernels))
+    border, reach = _widths(kernels)
     strip = border + reach
     if min(h, w) < strip:
         raise ValueError(f"conv_chain: a {h}x{w} map is narrower than the border strip "
