@@ -120,7 +120,7 @@ def _align_corners_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.nda
     return i0, i1, w1
 
 
-def _align_corners_matrix(in_size: int, out_size: int, reflect_pad: int = 0) -> np.ndarray:
+def align_corners_matrix(in_size: int, out_size: int, reflect_pad: int = 0) -> np.ndarray:
     """(out_size + 2 reflect_pad, in_size) float32 matrix of align-corners linear
     resizing along one axis, followed by reflection padding of ``reflect_pad``."""
     i0, i1, w1 = _align_corners_taps(in_size, out_size)
@@ -149,8 +149,8 @@ def resize_bilinear_align_corners(x: jax.Array, height: int, width: int,
     if reflect_pad >= min(height, width):
         raise ValueError(f"resize_bilinear_align_corners: reflection padding {reflect_pad} "
                          f"needs an output larger than {height}x{width}")
-    x = matmul_along_axis(_align_corners_matrix(h, height, reflect_pad), x, axis=1)
-    return matmul_along_axis(_align_corners_matrix(w, width, reflect_pad), x, axis=2)
+    x = matmul_along_axis(align_corners_matrix(h, height, reflect_pad), x, axis=1)
+    return matmul_along_axis(align_corners_matrix(w, width, reflect_pad), x, axis=2)
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -450,7 +450,7 @@ class RestorationDecoder(nn.Module):
         _, h, w, _ = x.shape
         # The resize (with its reflection padding) is two constant matrices, applied
         # inside conv_4, which never forms the resized map (ops/narrow_conv.py).
-        resize = (_align_corners_matrix(h, 4 * h, 3), _align_corners_matrix(w, 4 * w, 3))
+        resize = (align_corners_matrix(h, 4 * h, 3), align_corners_matrix(w, 4 * w, 3))
         x = NarrowConv(self.out_channels, 7, name="conv_4", **kw)(x, resize=resize)
         return jnp.tanh(x.astype(jnp.float32))
 
@@ -528,6 +528,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerLayer",
     "UpBlock",
+    "align_corners_matrix",
     "avg_pool_floor",
     "decoder_param_count",
     "resize_bilinear_align_corners",

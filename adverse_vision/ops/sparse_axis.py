@@ -10,7 +10,11 @@ Under differentiation it is the dense product, forward and backward, where the
 gathers did not pay: autodiff of the gathers would scatter-add, slow on the CPU, and
 gathers of the transposed matrix's taps, 10x faster than its dense product alone,
 made a whole training step that used them (forward, backward or both) 0-4 % slower,
-within the noise of a step.
+within the noise of a step. Where the matrix is wide and the product large (the
+resize of kernel-offset products in :mod:`adverse_vision.ops.resized_conv`, whose
+dense product costs as much as the convolution it replaces) ``sparse_gradient=True``
+keeps the gathers under differentiation: forward from the matrix's nonzeros, backward
+from its transpose's.
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ def _dense(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
     return jnp.moveaxis(out, -1, axis)
 
 
-def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
+def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int,
+                      sparse_gradient: bool = False) -> jax.Array:
     """``matrix @ x`` along ``axis`` of ``x`` (``matrix`` is ``(out, x.shape[axis])``,
     a NumPy constant): equal to the dense product to float32 rounding; evaluated from
-    the matrix's nonzeros, differentiated as the dense product."""
+    the matrix's nonzeros, differentiated as the dense product, or with
+    ``sparse_gradient`` from the nonzeros of the matrix and of its transpose."""
     matrix = np.asarray(matrix, np.float32)
     axis = axis % x.ndim
     if matrix.ndim != 2 or matrix.shape[1] != x.shape[axis]:
@@ -70,11 +76,13 @@ def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int) -> jax.Array:
     def apply(v):
         return _blend(*forward, v, axis)
 
+    backward = matrix_taps(matrix.T) if sparse_gradient else None
+
     def apply_fwd(v):  # under differentiation: the dense product (see the docstring)
-        return _dense(matrix, v, axis), None
+        return (_blend(*forward, v, axis) if sparse_gradient else _dense(matrix, v, axis)), None
 
     def apply_bwd(_, g):
-        return (_dense(matrix.T, g, axis),)
+        return (_blend(*backward, g, axis) if sparse_gradient else _dense(matrix.T, g, axis),)
 
     apply.defvjp(apply_fwd, apply_bwd)
     return apply(x)

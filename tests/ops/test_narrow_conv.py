@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from adverse_vision.models.togethernet import _align_corners_matrix
+from adverse_vision.models.togethernet import align_corners_matrix
 from adverse_vision.ops import narrow_conv as narrow_conv_module
 from adverse_vision.ops.narrow_conv import narrow_conv, resized_narrow_conv
 
@@ -63,8 +63,8 @@ def test_resized_values_and_gradients_equal_the_plain_composition(small, kernel_
     """The factored form equals the plain convolution of the resized map: values, both
     gradients and a forward-mode derivative."""
     kh, kw = kernel_shape[:2]
-    rows = _align_corners_matrix(small[1], 4 * small[1], 3)
-    cols = _align_corners_matrix(small[2], 4 * small[2], 3)
+    rows = align_corners_matrix(small[1], 4 * small[1], 3)
+    cols = align_corners_matrix(small[2], 4 * small[2], 3)
     kx, kk, kc = jax.random.split(jax.random.key(1), 3)
     f = jax.random.normal(kx, small)
     kernel = jax.random.normal(kk, kernel_shape)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adverse_vision.models.togethernet import _align_corners_matrix
+from adverse_vision.models.togethernet import align_corners_matrix
 from adverse_vision.ops.sparse_axis import matmul_along_axis, matrix_taps
 
 
@@ -38,26 +38,31 @@ def test_taps_rebuild_the_matrix():
     ((12, 5, 0), (3, 12, 2), 1),       # downsample
     ((1, 4, 0), (2, 1, 3, 2), 1),      # a single input row
 ])
-def test_values_and_gradients_equal_the_dense_product(matrix_args, shape, axis):
-    matrix = _align_corners_matrix(*matrix_args)
+@pytest.mark.parametrize("sparse_gradient", [False, True])
+def test_values_and_gradients_equal_the_dense_product(matrix_args, shape, axis,
+                                                      sparse_gradient):
+    matrix = align_corners_matrix(*matrix_args)
     x = jax.random.normal(jax.random.key(0), shape)
-    out = jax.jit(lambda v: matmul_along_axis(matrix, v, axis))(x)
+
+    def ours(v):
+        return matmul_along_axis(matrix, v, axis, sparse_gradient=sparse_gradient)
+
+    out = jax.jit(ours)(x)
     ref = _dense(matrix, x, axis)
     assert out.shape == ref.shape and _rel(out, ref) < 1e-6
     g = jax.random.normal(jax.random.key(1), ref.shape)
-    grad = jax.grad(lambda v: jnp.vdot(matmul_along_axis(matrix, v, axis), g))(x)
+    grad = jax.grad(lambda v: jnp.vdot(ours(v), g))(x)
     ref_grad = jax.grad(lambda v: jnp.vdot(_dense(matrix, v, axis), g))(x)
     assert _rel(grad, ref_grad) < 1e-6
     # Second order through the custom backward pass.
-    hvp = jax.grad(lambda v: jnp.sum(jax.grad(
-        lambda u: jnp.sum(jnp.sin(matmul_along_axis(matrix, u, axis))))(v) ** 2))(x)
+    hvp = jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(jnp.sin(ours(u))))(v) ** 2))(x)
     ref_hvp = jax.grad(lambda v: jnp.sum(jax.grad(
         lambda u: jnp.sum(jnp.sin(_dense(matrix, u, axis))))(v) ** 2))(x)
     assert _rel(hvp, ref_hvp) < 1e-5
 
 
 def test_bfloat16_keeps_its_dtype_and_blends_in_float32():
-    matrix = _align_corners_matrix(6, 21, 3)
+    matrix = align_corners_matrix(6, 21, 3)
     x = jax.random.normal(jax.random.key(0), (2, 6, 4, 3)).astype(jnp.bfloat16)
     out = matmul_along_axis(matrix, x, 1)
     assert out.dtype == jnp.bfloat16
@@ -76,7 +81,7 @@ def test_a_matrix_of_the_wrong_width_is_named():
 def test_evaluation_gathers_and_differentiation_multiplies():
     """Outside differentiation the map is gathers, no matrix product; under jax.grad the
     dense product, forward and backward."""
-    matrix = _align_corners_matrix(5, 17, 2)
+    matrix = align_corners_matrix(5, 17, 2)
     x = jnp.ones((1, 5, 3, 2))
 
     def primitives(jaxpr):
@@ -95,3 +100,7 @@ def test_evaluation_gathers_and_differentiation_multiplies():
     differentiated = primitives(jax.make_jaxpr(jax.grad(
         lambda v: jnp.sum(matmul_along_axis(matrix, v, 1) ** 2)))(x).jaxpr)
     assert "dot_general" in differentiated and "gather" not in differentiated, differentiated
+    # with sparse_gradient, gathers both ways
+    sparse = primitives(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(
+        matmul_along_axis(matrix, v, 1, sparse_gradient=True) ** 2)))(x).jaxpr)
+    assert "gather" in sparse and "dot_general" not in sparse, sparse
