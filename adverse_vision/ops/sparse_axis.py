@@ -78,7 +78,7 @@ def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int,
 
     backward = matrix_taps(matrix.T) if sparse_gradient else None
 
-    def apply_fwd(v):  # under differentiation: the dense product (see the docstring)
+    def apply_fwd(v):  # under differentiation: the dense product unless sparse_gradient
         return (_blend(*forward, v, axis) if sparse_gradient else _dense(matrix, v, axis)), None
 
     def apply_bwd(_, g):
