@@ -4,13 +4,14 @@ bad input."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
 
-from adverse_vision.models.depth_dehaze import UpProjection
+from adverse_vision.models.depth_dehaze import UpProjection, _torch_conv
 from adverse_vision.models.togethernet import align_corners_matrix, resize_bilinear_align_corners
 from adverse_vision.ops.resized_conv import resized_conv, worth_mixing_first
 
@@ -127,6 +128,26 @@ def test_up_projection_equals_resize_concat_convolve(channels, mixes_first):
 
     for a, b in zip(jax.tree.leaves(grads(module.apply)), jax.tree.leaves(grads(_up_reference))):
         assert _rel(a, b) < 1e-5
+
+
+def test_up_projection_initialises_as_two_convs():
+    """conv1's parameters, made apart from the convolution, start where ``Conv`` with
+    PyTorch's initialisers starts them (same names, same random streams)."""
+
+    class TwoConvs(nn.Module):
+        @nn.compact
+        def __call__(self, x, skip):
+            y = jnp.concatenate([x, skip], -1)
+            for name in ("conv1", "conv2"):
+                y = _torch_conv(24, 3, y.shape[-1], name, jnp.float32, jnp.float32)(y)
+            return y
+
+    x, skip = jnp.ones((1, 6, 5, 48)), jnp.ones((1, 12, 10, 8))
+    want = TwoConvs().init(jax.random.key(3), jnp.ones((1, 12, 10, 48)), skip)["params"]
+    got = UpProjection(24).init(jax.random.key(3), x, skip)["params"]
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("x_shape,kernel_shape,rows,cols,message", [
