@@ -76,13 +76,13 @@ def matmul_along_axis(matrix: np.ndarray, x: jax.Array, axis: int,
     def apply(v):
         return _blend(*forward, v, axis)
 
-    backward = matrix_taps(matrix.T) if sparse_gradient else None
-
     def apply_fwd(v):  # under differentiation: the dense product unless sparse_gradient
         return (_blend(*forward, v, axis) if sparse_gradient else _dense(matrix, v, axis)), None
 
-    def apply_bwd(_, g):
-        return (_blend(*backward, g, axis) if sparse_gradient else _dense(matrix.T, g, axis),)
+    def apply_bwd(_, g):  # the transpose's taps only where a backward pass is built
+        if sparse_gradient:
+            return (_blend(*matrix_taps(matrix.T), g, axis),)
+        return (_dense(matrix.T, g, axis),)
 
     apply.defvjp(apply_fwd, apply_bwd)
     return apply(x)
