@@ -8,10 +8,15 @@ batch 16, 48 -> 3 channels: 1.6 s forward, 2.1 s forward and backward, where a
 :func:`narrow_conv` computes the same convolution as
 
 * forward: one matrix product to ``k*k*Cout`` channels, then the sum of the ``k*k``
-  shifted slices (``y[p] = sum_t z[p + t, t]``), a band of output rows at a time in a
-  loop (the product is ``k*k*Cout / Cin`` times the input's size: 830 MB for the
-  dehazer's 13x13 64 -> 3 convolution at 640x640; the dehazing train step's device
-  memory 10.5 GiB with it whole, 7.99 GiB in bands, at no cost in time);
+  shifted slices (``y[p] = sum_t z[p + t, t]``). The product is ``k*k*Cout / Cin``
+  times the input's size (830 MB for the dehazer's 13x13 64 -> 3 convolution at
+  640x640), so it is formed a band of input rows at a time in a loop (all images' rows
+  as one sequence), and summed over the kernel columns while the band is in the
+  processor's caches; the result, ``k`` times the output's size, is then summed over
+  the kernel rows. Bands of output rows, each product summed whole, had to read the
+  ``k - 1`` rows they share twice and took the band from memory: that convolution at
+  640x640 took 0.26 s so, 0.15 s now; the dehazing train step's device memory was 10.5
+  GiB with the product whole, 7.99 GiB in bands;
 * input gradient: an ordinary convolution of the output gradient (few input
   channels, which XLA:CPU runs well) with the flipped, transposed kernel;
 * kernel gradient: per kernel row, one matrix product of the input rows with the
@@ -51,10 +56,12 @@ from jax import lax
 __all__ = ["narrow_conv", "resized_narrow_conv"]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-#: The forward product's numbers per band of output rows (2**24, 64 MiB in float32): the
+#: The forward product's numbers per band of input rows (2**21, 8 MiB in float32): the
 #: product to ``kh*kw*Cout`` channels is the size of the input times ``kh*kw*Cout / Cin``
-#: (8x for a 13x13 kernel 64 -> 3), so it is formed a band of rows at a time.
-BAND_ELEMENTS = 2 ** 24
+#: (8x for a 13x13 kernel 64 -> 3), so it is formed a band of rows at a time, small
+#: enough to be summed over the kernel columns while the processor's caches hold it
+#: (2**20 to 2**23 measured: README, Benchmark).
+BAND_ELEMENTS = 2 ** 21
 
 
 def _check(x: jax.Array, kernel: jax.Array) -> None:
@@ -67,32 +74,41 @@ def _check(x: jax.Array, kernel: jax.Array) -> None:
 
 
 def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Band by band of output rows (a loop, so one band's product exists at a time),
-    each band's product at most :data:`BAND_ELEMENTS` numbers, or ``4 (kh - 1)`` output
-    rows (so the rows that two bands both read stay a small share)."""
+    """Row by row of the input, all images' rows as one sequence: each row's product to
+    ``kh*kw*Cout`` channels is summed over the kernel columns at once (to ``kh*Cout``
+    channels), where that product is larger than the input a band of rows at a time in
+    a loop (each band's product at most :data:`BAND_ELEMENTS` numbers); then those sums
+    over the kernel rows."""
     kh, kw, cin, cout = kernel.shape
-    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    b, hp, wp, _ = x.shape
+    h, w = hp - kh + 1, wp - kw + 1
     taps = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-    rows = max(1, 4 * (kh - 1),
-               BAND_ELEMENTS // (x.shape[0] * x.shape[2] * kh * kw * cout) - kh + 1)
-    rows = min(rows, h)
-    count = -(-h // rows)
-    x = jnp.pad(x, ((0, 0), (0, count * rows - h), (0, 0), (0, 0)))
+    total = b * hp
+    rows = total  # a product no larger than the input is formed whole, in one pass
+    if kh * kw * cout > cin:
+        rows = min(total, max(1, BAND_ELEMENTS // (wp * kh * kw * cout)))
+    count = -(-total // rows)
+    flat = jnp.pad(x.reshape(total, wp, cin), ((0, count * rows - total), (0, 0), (0, 0)))
 
     def band(top):
-        part = lax.dynamic_slice_in_dim(x, top, rows + kh - 1, axis=1)
-        z = jnp.einsum("bhwc,ck->bhwk", part, taps).reshape(*part.shape[:3], kh * kw, cout)
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                tap = z[:, i:i + rows, j:j + w, i * kw + j]
-                y = tap if y is None else y + tap
-        return y
+        part = lax.dynamic_slice_in_dim(flat, top, rows, axis=0)
+        z = jnp.einsum("rwc,ck->rwk", part, taps).reshape(rows, wp, kh, kw, cout)
+        s = None
+        for j in range(kw):  # s[r, q, i] = sum_j z[r, q + j, i, j]
+            tap = z[:, j:j + w, :, j]
+            s = tap if s is None else s + tap
+        return s
 
     if count == 1:
-        return band(0)[:, :h]
-    bands = lax.map(band, jnp.arange(count) * rows)  # (count, B, rows, w, cout)
-    return jnp.moveaxis(bands, 0, 1).reshape(x.shape[0], count * rows, w, cout)[:, :h]
+        s = band(0)
+    else:
+        s = lax.map(band, jnp.arange(count) * rows).reshape(count * rows, w, kh, cout)
+    s = s[:total].reshape(b, hp, w, kh, cout)
+    y = None
+    for i in range(kh):  # y[p, q] = sum_i s[p + i, q, i]
+        tap = s[:, i:i + h, :, i]
+        y = tap if y is None else y + tap
+    return y
 
 
 @jax.custom_vjp

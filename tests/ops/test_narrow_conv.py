@@ -24,8 +24,11 @@ def _rel(a, b):
     ((2, 13, 11, 5), (7, 7, 5, 3), None),
     ((1, 9, 12, 4), (3, 5, 4, 1), None),
     ((3, 4, 4, 2), (1, 1, 2, 3), None),
-    # bands of 8 output rows (4 (kh - 1)): 28 rows in 4 bands, the last one part padding
-    ((2, 30, 21, 5), (3, 3, 5, 2), 1),
+    ((2, 6, 7, 32), (3, 3, 32, 3), 1),  # a product no larger than the input: whole
+    # bands of 7 input rows (7 x 21 x 3 x 3 x 2 numbers each): the two images' 60 rows
+    # in 9 bands, some holding rows of both images, the last one part padding
+    ((2, 30, 21, 5), (3, 3, 5, 2), 7 * 21 * 3 * 3 * 2),
+    ((2, 30, 21, 5), (3, 3, 5, 2), 1),  # one row per band
 ])
 def test_values_and_gradients(shape, kernel_shape, band_elements, monkeypatch):
     if band_elements is not None:
