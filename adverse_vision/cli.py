@@ -215,8 +215,8 @@ def run(main: Callable[[], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
-    host_memory.keep_freed_memory()  # before the backend starts its threads
     try:
+        host_memory.keep_freed_memory()  # before the backend starts its threads
         check_command_line(sys.argv[1:])
     except USER_ERRORS as e:
         report(e)
