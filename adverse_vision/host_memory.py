@@ -14,7 +14,7 @@ The number of arenas (``M_ARENA_MAX``) is :data:`ARENAS`, 4, or
 heap and no block is ever faulted in again, but the threads pay for it in user time:
 on a 2-core AMD EPYC VM, TogetherNet-s's train step (320 px, batch 4) took 1.18-1.24 s
 of user time and 0.69-0.74 s per step with one arena, 0.95-1.10 s and 0.52-0.73 s with
-two or four; the dehazer's 640x640 inference 2.59-2.69 s with one, 2.24 s with four
+two or four; the dehazer's 640x640 inference 2.59-2.87 s with one, 2.24-2.50 s with four
 (README, Benchmark, has the side-by-side runs). Only DN-HL's denoiser train step was
 slower with four (about 6 %).
 
