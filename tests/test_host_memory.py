@@ -56,10 +56,10 @@ def test_arena_count_comes_from_the_environment(monkeypatch):
             host_memory.arenas()
 
 
-def test_a_bad_arena_count_ends_a_program_with_one_line():
+def test_a_bad_arena_count_ends_a_program_with_one_line(tmp_path):
     env = dict(os.environ, ADVERSE_VISION_MALLOC_ARENAS="four")
     proc = subprocess.run([sys.executable, "-m", "adverse_vision.train", "--config",
-                           "configs/yolox_scenes.py:tiny", "--workdir", "/nonexistent/run"],
+                           "configs/yolox_scenes.py:tiny", "--workdir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300, env=env,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 2
